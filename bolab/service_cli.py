@@ -1,0 +1,305 @@
+"""Service verbs of the `bolab` command: run the stack (`up`, `api`, `worker`), and talk to it
+(`submit`, `status`, `results`, `cancel`, `openapi`).
+
+Heavy imports (FastAPI app, Celery, uvicorn) happen inside the verbs, so `bolab --help` and the
+client verbs stay fast and need no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bolab.client import DEFAULT_URL, Job, LabClient, LabError
+
+err = Console(stderr=True)
+out = Console()
+
+UrlOpt = Annotated[
+    str, typer.Option("--url", envvar="BOLAB_URL", help="lab service URL", show_default=True)
+]
+RedisUrlOpt = Annotated[
+    str | None,
+    typer.Option("--redis-url", envvar="BOLAB_REDIS_URL", help="Redis URL (job store and broker)"),
+]
+JobArg = Annotated[str, typer.Argument(help="job id (from `bolab submit`)")]
+
+# Columns of the summary table, after the grid axes: (row key, header).
+SUMMARY_COLUMNS = (
+    ("test_error_mean", "test err"),
+    ("test_error_std", "± std"),
+    ("train_error_mean", "train err"),
+    ("normalized_margin_mean", "norm. margin"),
+    ("steps_mean", "steps"),
+    ("interpolated_fraction", "interp."),
+    ("runs", "runs"),
+)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "—" if value is None else str(value)
+
+
+def summary_table(job: Job) -> Table:
+    """One row per finished cell: the swept axes (or n, d, gamma), then the key metrics."""
+    axes = list((job.get("spec") or {}).get("grid") or {}) or ["n", "d", "gamma"]
+    table = Table(title=f"job {job['id']}: {job['status']}")
+    for axis in axes:
+        table.add_column(axis, justify="right")
+    for _, header in SUMMARY_COLUMNS:
+        table.add_column(header, justify="right")
+    for row in job.get("summary") or []:
+        table.add_row(
+            *(_fmt(row.get(a)) for a in axes), *(_fmt(row.get(k)) for k, _ in SUMMARY_COLUMNS)
+        )
+    return table
+
+
+@contextmanager
+def _talking_to(url: str) -> Iterator[LabClient]:
+    """A client whose errors end the command with a readable message and exit status 1."""
+    import httpx
+
+    try:
+        with LabClient(url) as client:
+            yield client
+    except LabError as exc:
+        if isinstance(exc.detail, list):  # validation errors: one line per offending field
+            for problem in exc.detail:
+                where = ".".join(str(p) for p in problem.get("loc", []) if p != "body")
+                err.print(f"[red]invalid[/] {where or 'spec'}: {problem.get('msg')}")
+        else:
+            err.print(f"[red]error {exc.status_code}[/]: {exc.detail}")
+        raise typer.Exit(1) from None
+    except httpx.TransportError as exc:
+        err.print(f"[red]cannot reach the lab service at {url}[/] ({exc}); is `bolab up` running?")
+        raise typer.Exit(1) from None
+
+
+def _wait_with_bar(client: LabClient, job_id: str) -> Job:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task(f"job {job_id}", total=None)
+
+        def update(job: Job) -> None:
+            p = job["progress"]
+            bar.update(
+                task,
+                total=p["runs_total"],
+                completed=p["runs_done"],
+                description=f"job {job_id} {job['status']}",
+            )
+
+        try:
+            return client.wait(job_id, on_update=update)
+        except KeyboardInterrupt:
+            err.print(f"stopped waiting; the job goes on: bolab status {job_id}")
+            raise typer.Exit(130) from None
+
+
+def submit(
+    spec: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JobSpec JSON file")],
+    url: UrlOpt = DEFAULT_URL,
+    wait: Annotated[bool, typer.Option("--wait", help="show progress, then the summary")] = False,
+) -> None:
+    """Submit a JobSpec to the lab service; prints the job id (or, with --wait, the summary)."""
+    try:
+        body = json.loads(spec.read_text())
+    except json.JSONDecodeError as exc:
+        err.print(f"[red]{spec} is not valid JSON[/]: {exc}")
+        raise typer.Exit(1) from None
+    with _talking_to(url) as client:
+        job_id = client.submit(body)["id"]
+        if not wait:
+            typer.echo(job_id)
+            return
+        job = _wait_with_bar(client, job_id)
+        out.print(summary_table(job))
+        if job["status"] != "succeeded":
+            err.print(f"[red]job {job['status']}[/]: {job.get('error') or ''}")
+            raise typer.Exit(1)
+
+
+def status(
+    job_id: JobArg,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON")] = False,
+) -> None:
+    """Show a job's status, progress and the summary of its finished cells."""
+    with _talking_to(url) as client:
+        job = client.status(job_id)
+    if as_json:
+        typer.echo(json.dumps(job, indent=2))
+        return
+    p = job["progress"]
+    out.print(
+        f"[bold]{job['id']}[/] {job['status']}  {p['runs_done']}/{p['runs_total']} runs "
+        f"({p['fraction']:.0%})  created {job['created_at']}"
+    )
+    if job.get("error"):
+        out.print(f"[red]error[/]: {job['error']}")
+    if job.get("summary"):
+        out.print(summary_table(job))
+
+
+def results(
+    job_id: JobArg,
+    url: UrlOpt = DEFAULT_URL,
+    format: Annotated[str, typer.Option("--format", help="json or csv")] = "json",
+    out_file: Annotated[Path | None, typer.Option("--out", help="write here, not stdout")] = None,
+) -> None:
+    """Fetch a finished job's results: the full JSON, or one CSV row per cell."""
+    if format not in ("json", "csv"):
+        raise typer.BadParameter("json or csv", param_hint="--format")
+    fmt: Literal["json", "csv"] = "csv" if format == "csv" else "json"
+    with _talking_to(url) as client:
+        text = client.results_text(job_id, fmt)
+    if out_file is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    else:
+        out_file.write_text(text)
+        err.print(f"wrote {out_file}")
+
+
+def cancel(job_id: JobArg, url: UrlOpt = DEFAULT_URL) -> None:
+    """Cancel a queued or running job (cells already finished stay in its results)."""
+    with _talking_to(url) as client:
+        job = client.cancel(job_id)
+    typer.echo(f"{job['id']} {job['status']}")
+
+
+def openapi() -> None:
+    """Print the API's OpenAPI document (`bolab openapi > openapi/openapi.json`)."""
+    from service.main import create_app
+
+    typer.echo(json.dumps(create_app().openapi(), sort_keys=True, indent=2))
+
+
+def _use_redis(redis_url: str | None) -> None:
+    # Settings are read from the environment when the service modules are first imported.
+    if redis_url:
+        os.environ["BOLAB_REDIS_URL"] = redis_url
+
+
+def api(
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    redis_url: RedisUrlOpt = None,
+) -> None:
+    """Serve the REST API (uvicorn). Reads the Redis URL from BOLAB_REDIS_URL."""
+    import uvicorn
+
+    _use_redis(redis_url)
+    uvicorn.run("service.main:app", host=host, port=port, log_level="warning")
+
+
+def worker(
+    queues: Annotated[str, typer.Option(help="comma-separated: cpu, gpu or cpu,gpu")] = "cpu",
+    concurrency: Annotated[int, typer.Option(min=1, help="batches run at once")] = 1,
+    pool: Annotated[
+        str,
+        typer.Option(help="auto (threads when serving gpu, else prefork), prefork, threads, solo"),
+    ] = "auto",
+    name: Annotated[str | None, typer.Option(help="Celery node name (name@host)")] = None,
+    loglevel: Annotated[str, typer.Option(help="Celery log level")] = "info",
+    redis_url: RedisUrlOpt = None,
+) -> None:
+    """Run a Celery worker that trains batches. Reads the Redis URL from BOLAB_REDIS_URL."""
+    _use_redis(redis_url)
+    from worker.celery_app import QUEUES, celery_app
+
+    wanted = [q.strip() for q in queues.split(",") if q.strip()]
+    unknown = sorted(set(wanted) - set(QUEUES))
+    if not wanted or unknown:
+        raise typer.BadParameter(f"queues are {', '.join(QUEUES)}", param_hint="--queues")
+    if pool == "auto":
+        # CUDA must not be used across a fork: GPU workers run batches in their own process.
+        pool = "threads" if "gpu" in wanted else "prefork"
+    argv = [
+        "worker",
+        f"--queues={','.join(wanted)}",
+        f"--concurrency={concurrency}",
+        f"--pool={pool}",
+        f"--loglevel={loglevel}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if name:
+        argv.append(f"--hostname={name}")
+    celery_app.worker_main(argv)
+
+
+def up(
+    port: Annotated[int, typer.Option(help="API port")] = 8000,
+    redis_url: Annotated[
+        str | None, typer.Option("--redis-url", help="use this Redis instead of an embedded one")
+    ] = None,
+    host: Annotated[str, typer.Option(help="API address to bind")] = "127.0.0.1",
+    data_dir: Annotated[
+        Path | None, typer.Option(help="embedded Redis data (default BOLAB_DATA_DIR or ./.bolab)")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="worker concurrency")] = 1,
+) -> None:
+    """Start the whole lab locally: Redis (embedded, AOF on), the API and one worker.
+
+    Ctrl-C stops all three cleanly.
+    """
+    from bolab.stack import Stack, port_free
+    from worker.settings import get_settings
+
+    data = data_dir or get_settings().data_dir
+    redis_port = 6379 if port_free(6379) else None  # another Redis there: pick a free port
+    stack = Stack(
+        data,
+        api_port=port,
+        redis_url=redis_url,
+        redis_port=redis_port,
+        host=host,
+        concurrency=concurrency,
+    )
+
+    def terminate(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        err.print("starting Redis, API and worker ...")
+        stack.start()
+        where = f"embedded, data in {data.resolve()}" if stack.redis else "external"
+        err.print(
+            f"[green]bolab is up[/]: API {stack.api.url} (docs {stack.api.url}/docs)\n"
+            f"  Redis {stack.redis_url} ({where})\n"
+            f"  worker {stack.worker.worker_name} (queues cpu,gpu)\n"
+            f"  try: bolab submit examples/paper_gamma.json --wait --url {stack.api.url}\n"
+            "Ctrl-C stops all three."
+        )
+        stack.watch(lambda p: err.print(f"[red]{p.name} exited[/]; stopping the others"))
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        err.print("stopping worker, API and Redis ...")
+    finally:
+        stack.stop()
+    err.print("stopped.")
+
+
+def register(app: typer.Typer) -> None:
+    for verb in (api, worker, up, submit, status, results, cancel, openapi):
+        app.command()(verb)

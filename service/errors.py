@@ -1,0 +1,63 @@
+"""Errors the routes raise, and the handlers that answer them as JSON `{"detail": ...}`.
+
+Every failure has a 4xx or 503 answer here; the catch-all keeps even a bug's answer JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    status_code = 400
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class JobNotFound(ApiError):
+    status_code = 404
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with id {job_id!r}")
+
+
+class Conflict(ApiError):
+    status_code = 409
+
+
+class Unavailable(ApiError):
+    status_code = 503
+
+
+def _answer(status_code: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status_code)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _answer(exc.status_code, exc.detail)
+
+    @app.exception_handler(redis.RedisError)
+    async def store_down(_: Request, exc: redis.RedisError) -> JSONResponse:
+        log.warning("job store unavailable: %s", exc)
+        return _answer(503, "job store (Redis) unavailable, try again shortly")
+
+    @app.exception_handler(OperationalError)
+    async def broker_down(_: Request, exc: OperationalError) -> JSONResponse:
+        log.warning("broker unavailable: %s", exc)
+        return _answer(503, "task broker unavailable, try again shortly")
+
+    @app.exception_handler(Exception)
+    async def bug(_: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - a bug
+        log.exception("unhandled error", exc_info=exc)
+        return _answer(500, "internal error; the service log has the details")

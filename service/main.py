@@ -1,0 +1,53 @@
+"""The FastAPI app of the lab service. `uvicorn service.main:app` or `bolab api` serves it.
+
+This process validates, stores and queues; it never runs torch (the engine runs in workers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+import bo_engine
+from service import errors
+from service.routes import health, jobs
+from worker.settings import Settings, get_settings
+from worker.store import JobStore
+
+DESCRIPTION = """\
+Submit benign-overfitting experiments (a `JobSpec`: one setting or a grid sweep), follow their
+progress, and fetch results as JSON, CSV or a figure. Workers train two-layer leaky ReLU
+networks with gradient descent on the hinge loss; results are kept in Redis.
+"""
+
+TAGS = [
+    {"name": "jobs", "description": "Submit, follow, fetch and cancel experiment jobs."},
+    {"name": "health", "description": "Probes for orchestration."},
+]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.store = JobStore.from_url(settings.redis_url)
+        yield
+        app.state.store.redis.close()
+
+    app = FastAPI(
+        title="bolab lab service",
+        version=bo_engine.__version__,
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(jobs.router)
+    app.include_router(health.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,182 @@
+"""Job routes under /v1/jobs: submit, inspect, list, fetch results and plots, cancel."""
+
+from __future__ import annotations
+
+import threading
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query, Response
+from fastapi.responses import JSONResponse
+
+from bo_engine.results import cells_to_csv
+from bo_engine.spec import JobSpec
+from service.deps import EnqueueDep, StoreDep
+from service.errors import Conflict, JobNotFound, Unavailable
+from service.schemas import (
+    ErrorBody,
+    JobAccepted,
+    JobPage,
+    JobResult,
+    JobView,
+    Links,
+    finite,
+    job_summary,
+    job_view,
+)
+from worker.celery_app import queue_for
+from worker.store import JobRecord, JobStatus, JobStore
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+JobId = Annotated[str, Path(description="job id, as returned by POST /v1/jobs")]
+NOT_FOUND = {404: {"model": ErrorBody, "description": "no job with this id"}}
+NOT_READY = {409: {"model": ErrorBody, "description": "the job has no results yet"}}
+# matplotlib's state is not safe to share between the threads that serve requests.
+_plot_lock = threading.Lock()
+
+
+def _job(store: JobStore, job_id: str) -> JobRecord:
+    job = store.get(job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    return job
+
+
+def _result(store: JobStore, job: JobRecord) -> dict[str, Any]:
+    """Succeeded jobs have full results; cancelled or failed ones keep the cells they finished."""
+    if job.status == JobStatus.succeeded or (job.terminal and store.has_cells(job.id)):
+        return {"cells": store.cells(job.id), "engine": job.engine}
+    if job.terminal:
+        raise Conflict(f"job {job.id} is {job.status.value} and finished no cell")
+    raise Conflict(
+        f"job {job.id} is {job.status.value}; results appear when it finishes "
+        f"(finished cells are already summarised in GET /v1/jobs/{job.id})"
+    )
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobAccepted,
+    summary="Submit a job",
+    description="Validates the JobSpec, stores the job and queues it (queue `gpu` when "
+    '`device` is "cuda", else `cpu`). Answers 202 with the job id, its links and a '
+    "`Location` header. A spec that fails validation answers 422 naming every bad field.",
+    responses={503: {"model": ErrorBody, "description": "Redis or the broker is unreachable"}},
+)
+def submit_job(
+    spec: JobSpec, response: Response, store: StoreDep, enqueue: EnqueueDep
+) -> JobAccepted:
+    job = store.create(
+        # Only the fields the user set: re-validating the stored spec gives the same cells.
+        spec.model_dump(mode="json", exclude_unset=True),
+        runs_total=spec.runs_total,
+        cells_total=len(spec.cells),
+        queue=queue_for(spec.device),
+    )
+    try:
+        enqueue(job.id, job.queue)
+    except Exception as exc:
+        store.mark_failed(job.id, f"could not queue the job: {exc}")
+        raise Unavailable("task broker unavailable; the job was not queued") from exc
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobAccepted(id=job.id, status=job.status, links=Links.for_job(job.id))
+
+
+@router.get(
+    "",
+    response_model=JobPage,
+    summary="List jobs",
+    description="Newest first. Filter by `status`; page with `limit` and the `next_cursor` "
+    "of the previous page.",
+)
+def list_jobs(
+    store: StoreDep,
+    status: Annotated[JobStatus | None, Query(description="only jobs in this status")] = None,
+    limit: Annotated[int, Query(ge=1, le=200, description="page size")] = 50,
+    cursor: Annotated[
+        str | None,
+        Query(pattern="^[0-9a-f]{1,64}$", description="`next_cursor` of the previous page"),
+    ] = None,
+) -> JobPage:
+    jobs, next_cursor = store.list(status=status, limit=limit, cursor=cursor)
+    progress = store.progress_many([job.id for job in jobs])
+    return JobPage(
+        items=[job_summary(job, p) for job, p in zip(jobs, progress, strict=True)],
+        next_cursor=next_cursor,
+    )
+
+
+@router.get(
+    "/{job_id}",
+    response_model=JobView,
+    summary="Job status",
+    description="Status, progress, timestamps, the spec, the error of a failed job, and one "
+    "summary row per cell finished so far (a sweep shows partial results as cells finish).",
+    responses=NOT_FOUND,
+)
+def get_job(job_id: JobId, store: StoreDep) -> JobView:
+    job = _job(store, job_id)
+    return job_view(job, store.progress(job_id), store.summaries(job_id))
+
+
+@router.get(
+    "/{job_id}/results",
+    response_model=JobResult,
+    summary="Job results",
+    description="`format=json`: the full result, the same document `bolab run --local` "
+    "writes. `format=csv`: one row per cell with summary columns. 409 while the job has no "
+    "results; a cancelled job keeps the cells it finished (`engine` is then null).",
+    responses={
+        200: {"content": {"text/csv": {"example": "index,n,d,...\n0,50,100,...\n"}}},
+        **NOT_FOUND,
+        **NOT_READY,
+    },
+)
+def get_results(
+    job_id: JobId,
+    store: StoreDep,
+    format: Annotated[Literal["json", "csv"], Query(description="json or csv")] = "json",
+) -> Response:
+    result = _result(store, _job(store, job_id))
+    if format == "csv":
+        return Response(cells_to_csv(result["cells"]), media_type="text/csv")
+    return JSONResponse(finite(result))
+
+
+@router.get(
+    "/{job_id}/plot.png",
+    summary="Job figure",
+    description="The figure `bolab plot` draws from the results: a heatmap for a two-axis "
+    "grid, lines for one axis. 409 while the job has no results.",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **NOT_FOUND, **NOT_READY},
+)
+def get_plot(job_id: JobId, store: StoreDep) -> Response:
+    job = _job(store, job_id)
+    result = _result(store, job)
+    from bo_engine.plots import figure_png  # matplotlib: loaded on the first plot only
+
+    with _plot_lock:
+        try:
+            png = figure_png(result)
+        except Exception as exc:
+            raise Conflict(f"job {job_id}'s results cannot be drawn: {exc}") from exc
+    return Response(png, media_type="image/png")
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobView,
+    summary="Cancel a job",
+    description="Stops a queued or running job: it is marked cancelled at once and workers "
+    "stop its batches within about a second. Cells finished before stay in the results. "
+    "Cancelling a cancelled job is a no-op; a succeeded or failed job answers 409.",
+    responses={**NOT_FOUND, 409: {"model": ErrorBody, "description": "the job already ended"}},
+)
+def cancel_job(job_id: JobId, store: StoreDep) -> JobView:
+    job = _job(store, job_id)
+    if job.status in (JobStatus.succeeded, JobStatus.failed):
+        raise Conflict(f"job {job_id} already {job.status.value}")
+    store.cancel(job_id)
+    return get_job(job_id, store)

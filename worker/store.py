@@ -1,0 +1,302 @@
+"""The job store: job records, progress and results in Redis (see `worker.keys` for the layout).
+
+Workers write it as batches run; the API reads it. Results live here, not in Celery's result
+backend (which expires). Status changes go through one Lua script so that two processes can
+never both move a job, and a terminal status (succeeded, failed, cancelled) is never left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import redis
+
+from worker import keys
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+ACTIVE = (JobStatus.queued, JobStatus.running)
+TERMINAL = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+# Atomically: if the job's status is one of ARGV[3..], move it to ARGV[2] and set the extra
+# fields (ARGV[k+1] = number of field/value arguments that follow). Keeps the per-status
+# index sets in step. Returns 1 on a move, 0 when the job is missing or in another status.
+_TRANSITION = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return 0 end
+local id, to, nallowed = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local ok = false
+for i = 4, 3 + nallowed do
+  if ARGV[i] == cur then ok = true end
+end
+if not ok then return 0 end
+redis.call('ZREM', KEYS[2] .. ':' .. cur, id)
+redis.call('ZADD', KEYS[2] .. ':' .. to, 0, id)
+redis.call('HSET', KEYS[1], 'status', to)
+for i = 4 + nallowed, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+return 1
+"""
+
+
+def new_job_id() -> str:
+    """Fixed-width hex: 12 digits of milliseconds, then 8 random; sorts by creation time."""
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(4)}"
+
+
+@dataclass
+class JobRecord:
+    id: str
+    status: JobStatus
+    spec: dict[str, Any]
+    queue: str
+    runs_total: int
+    cells_total: int
+    created_at: float
+    owner: str = ""  # filled by the auth issue; "" = nobody in particular
+    batches_total: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    engine: dict[str, Any] | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_hash(cls, raw: dict[str, str]) -> JobRecord:
+        def num(name: str) -> float | None:
+            return float(raw[name]) if raw.get(name) else None
+
+        return cls(
+            id=raw["id"],
+            status=JobStatus(raw["status"]),
+            spec=json.loads(raw["spec"]),
+            queue=raw.get("queue", "cpu"),
+            runs_total=int(raw["runs_total"]),
+            cells_total=int(raw["cells_total"]),
+            created_at=float(raw["created_at"]),
+            owner=raw.get("owner", ""),
+            batches_total=int(raw["batches_total"]) if raw.get("batches_total") else None,
+            started_at=num("started_at"),
+            finished_at=num("finished_at"),
+            error=raw.get("error") or None,
+            engine=json.loads(raw["engine"]) if raw.get("engine") else None,
+        )
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+@dataclass(frozen=True)
+class Progress:
+    runs_done: int
+    batches_done: int
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._transition = client.register_script(_TRANSITION)
+
+    @classmethod
+    def from_url(cls, url: str) -> JobStore:
+        return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30))
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.redis.ping())
+        except redis.RedisError:
+            return False
+
+    # --- records -------------------------------------------------------------------------
+
+    def create(
+        self,
+        spec: dict[str, Any],
+        *,
+        runs_total: int,
+        cells_total: int,
+        queue: str,
+        owner: str = "",
+    ) -> JobRecord:
+        job = JobRecord(
+            id=new_job_id(),
+            status=JobStatus.queued,
+            spec=spec,
+            queue=queue,
+            runs_total=runs_total,
+            cells_total=cells_total,
+            created_at=time.time(),
+            owner=owner,
+        )
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(
+            keys.job(job.id),
+            mapping={
+                "id": job.id,
+                "status": job.status.value,
+                "spec": json.dumps(spec, separators=(",", ":")),
+                "queue": queue,
+                "runs_total": runs_total,
+                "cells_total": cells_total,
+                "created_at": repr(job.created_at),
+                "owner": owner,
+            },
+        )
+        pipe.zadd(keys.JOBS, {job.id: 0})
+        pipe.zadd(keys.jobs_in(job.status), {job.id: 0})
+        pipe.execute()
+        return job
+
+    def get(self, job_id: str) -> JobRecord | None:
+        raw = self.redis.hgetall(keys.job(job_id))
+        return JobRecord.from_hash(raw) if raw else None
+
+    def spec_json(self, job_id: str) -> str | None:
+        return self.redis.hget(keys.job(job_id), "spec")
+
+    def list(
+        self, *, status: JobStatus | None = None, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[JobRecord], str | None]:
+        """Newest first; `cursor` is the last id of the previous page (exclusive)."""
+        index = keys.jobs_in(status) if status else keys.JOBS
+        top = f"({cursor}" if cursor else "+"
+        ids = self.redis.zrevrangebylex(index, top, "-", start=0, num=limit + 1)
+        page, more = ids[:limit], len(ids) > limit
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in page:
+            pipe.hgetall(keys.job(job_id))
+        records = [JobRecord.from_hash(raw) for raw in pipe.execute() if raw]
+        return records, (page[-1] if more and page else None)
+
+    def transition(
+        self, job_id: str, to: JobStatus, allowed_from: tuple[JobStatus, ...], **fields: Any
+    ) -> bool:
+        args: list[Any] = [job_id, to.value, len(allowed_from), *(s.value for s in allowed_from)]
+        for name, value in fields.items():
+            args += [name, value if isinstance(value, str) else json.dumps(value)]
+        return bool(self._transition(keys=[keys.job(job_id), keys.JOBS], args=args))
+
+    def mark_running(self, job_id: str) -> bool:
+        return self.transition(
+            job_id, JobStatus.running, (JobStatus.queued,), started_at=repr(time.time())
+        )
+
+    def mark_failed(self, job_id: str, error: str) -> bool:
+        return self.transition(
+            job_id, JobStatus.failed, ACTIVE, error=error, finished_at=repr(time.time())
+        )
+
+    def mark_succeeded(self, job_id: str, engine: dict[str, Any]) -> bool:
+        return self.transition(
+            job_id, JobStatus.succeeded, ACTIVE, engine=engine, finished_at=repr(time.time())
+        )
+
+    def set_batches_total(self, job_id: str, total: int) -> None:
+        self.redis.hset(keys.job(job_id), "batches_total", total)
+
+    # --- cancellation --------------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> bool:
+        """Raise the flag the training loop polls, then mark the job cancelled if active."""
+        self.redis.set(keys.cancel(job_id), "1")
+        return self.transition(job_id, JobStatus.cancelled, ACTIVE, finished_at=repr(time.time()))
+
+    def stop_requested(self, job_id: str) -> bool:
+        """True when the job was cancelled or failed elsewhere: its batches should stop."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.exists(keys.cancel(job_id))
+        pipe.hget(keys.job(job_id), "status")
+        flagged, status = pipe.execute()
+        return bool(flagged) or status in (JobStatus.cancelled, JobStatus.failed, None)
+
+    # --- progress and results, written by workers -----------------------------------------
+
+    def set_batch_progress(self, job_id: str, batch: int, runs_done: int) -> None:
+        self.redis.hset(keys.progress(job_id), str(batch), runs_done)
+
+    def put_cell(self, job_id: str, cell: dict[str, Any], summary: dict[str, Any]) -> None:
+        index = str(cell["index"])
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(keys.cells(job_id), index, json.dumps(cell, separators=(",", ":")))
+        pipe.hset(keys.summaries(job_id), index, json.dumps(summary, separators=(",", ":")))
+        pipe.execute()
+
+    def batch_done(self, job_id: str, batch: int) -> bool:
+        return bool(self.redis.hexists(keys.batches(job_id), str(batch)))
+
+    def finish_batch(self, job_id: str, batch: int, runs: int, wall_seconds: float) -> bool:
+        """Record a finished batch; True when it was the last one the job was waiting for."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(keys.progress(job_id), str(batch), runs)
+        pipe.hset(keys.batches(job_id), str(batch), repr(wall_seconds))
+        pipe.hlen(keys.batches(job_id))
+        pipe.hget(keys.job(job_id), "batches_total")
+        *_, done, total = pipe.execute()
+        return total is not None and done >= int(total)
+
+    def compute_seconds(self, job_id: str) -> float:
+        return sum(float(v) for v in self.redis.hvals(keys.batches(job_id)))
+
+    def progress_many(self, job_ids: list[str]) -> list[Progress]:
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hvals(keys.progress(job_id))
+            pipe.hlen(keys.batches(job_id))
+        out = pipe.execute()
+        return [
+            Progress(runs_done=sum(int(r) for r in runs), batches_done=batches)
+            for runs, batches in zip(out[::2], out[1::2], strict=True)
+        ]
+
+    def progress(self, job_id: str) -> Progress:
+        return self.progress_many([job_id])[0]
+
+    def cells(self, job_id: str) -> list[dict[str, Any]]:
+        return _by_index(self.redis.hgetall(keys.cells(job_id)))
+
+    def summaries(self, job_id: str) -> list[dict[str, Any]]:
+        return _by_index(self.redis.hgetall(keys.summaries(job_id)))
+
+    def has_cells(self, job_id: str) -> bool:
+        return bool(self.redis.hlen(keys.cells(job_id)))
+
+    # --- workers -------------------------------------------------------------------------
+
+    def heartbeat(self, name: str, queues: list[str], ttl_s: float) -> None:
+        now = time.time()
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zadd(keys.WORKERS, {name: now})
+        pipe.hset(
+            keys.worker(name),
+            mapping={"queues": ",".join(queues), "pid": os.getpid(), "seen": repr(now)},
+        )
+        pipe.expire(keys.worker(name), max(1, int(ttl_s)))
+        pipe.execute()
+
+    def worker_gone(self, name: str) -> None:
+        self.redis.zrem(keys.WORKERS, name)
+        self.redis.delete(keys.worker(name))
+
+    def live_workers(self, ttl_s: float) -> list[str]:
+        now = time.time()
+        self.redis.zremrangebyscore(keys.WORKERS, "-inf", now - ttl_s)
+        return list(self.redis.zrangebyscore(keys.WORKERS, now - ttl_s, "+inf"))
+
+
+def _by_index(raw: dict[str, str]) -> list[dict[str, Any]]:
+    return [json.loads(raw[k]) for k in sorted(raw, key=int)]

@@ -1,0 +1,158 @@
+"""Celery tasks: plan a job into batches, run one batch through the engine, write the store.
+
+Both tasks are idempotent. A task reads everything it needs from the store (the spec by job id),
+skips work that is already done or no longer wanted, and writes results under keys owned by the
+batch or the cell, so a re-delivered task overwrites instead of duplicating.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from celery.signals import worker_process_init, worker_ready
+
+from bo_engine.results import summary_rows
+from bo_engine.spec import JobSpec
+from worker import heartbeat  # noqa: F401  (connects the liveness signals in worker processes)
+from worker.celery_app import PLAN_JOB, RUN_BATCH, celery_app
+from worker.settings import get_settings
+from worker.store import JobStore
+
+if TYPE_CHECKING:
+    from bo_engine.runner import Batch
+
+log = logging.getLogger(__name__)
+
+
+def _warm_engine() -> None:
+    """Import torch before the first task, so the first job does not pay for it."""
+    import bo_engine.runner  # noqa: F401
+
+
+@worker_process_init.connect
+def _warm_child(**_: Any) -> None:
+    _warm_engine()  # prefork children: torch is imported after the fork, never before it
+
+
+@worker_ready.connect
+def _warm_in_process(sender: Any, **_: Any) -> None:
+    # threads/solo pools run tasks in this process; CUDA is still untouched by the import.
+    if "prefork" not in getattr(sender.controller.pool_cls, "__module__", "prefork"):
+        _warm_engine()
+
+
+@lru_cache(maxsize=1)
+def store() -> JobStore:
+    return JobStore.from_url(get_settings().redis_url)
+
+
+@lru_cache(maxsize=64)
+def _planned(job_id: str, spec_json: str) -> tuple[JobSpec, list[Batch]]:
+    # A job's spec never changes once stored, so the parsed spec and its plan can be reused
+    # by every batch of the job that this process runs.
+    from bo_engine.runner import plan_batches
+
+    spec = JobSpec.model_validate_json(spec_json)
+    return spec, plan_batches(spec)
+
+
+def _load(job_id: str) -> tuple[JobSpec, list[Batch]] | None:
+    raw = store().spec_json(job_id)
+    return _planned(job_id, raw) if raw else None
+
+
+@celery_app.task(name=PLAN_JOB)
+def plan_job(job_id: str) -> None:
+    """Split a job into batches (cells that train together) and enqueue one task per batch."""
+    job = store().get(job_id)
+    if job is None or job.terminal:
+        return
+    try:
+        loaded = _load(job_id)
+        assert loaded is not None
+        _, batches = loaded
+    except Exception as exc:  # a spec the engine cannot plan: fail the job, not the worker
+        log.exception("planning job %s failed", job_id)
+        store().mark_failed(job_id, f"planning failed: {type(exc).__name__}: {exc}")
+        return
+    store().set_batches_total(job_id, len(batches))
+    for batch in batches:
+        celery_app.send_task(RUN_BATCH, args=[job_id, batch.index], queue=job.queue)
+
+
+class _Throttle:
+    """Lets a call through at most once per `interval` seconds (the first always passes)."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.last = float("-inf")
+
+    def ready(self) -> bool:
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            return False
+        self.last = now
+        return True
+
+
+@celery_app.task(name=RUN_BATCH)
+def run_batch(job_id: str, batch_index: int) -> None:
+    """Train one batch; write progress, each cell as it finishes, and the job's end state."""
+    from bo_engine import runner  # torch: imported in worker processes only
+
+    settings, jobs = get_settings(), store()
+    job = jobs.get(job_id)
+    if job is None or job.terminal or jobs.batch_done(job_id, batch_index):
+        return
+    loaded = _load(job_id)
+    assert loaded is not None
+    spec, batches = loaded
+    batch = batches[batch_index]
+    jobs.mark_running(job_id)
+
+    runs_done = 0
+    progress_gate = _Throttle(settings.progress_interval_s)
+    cancel_gate = _Throttle(settings.cancel_poll_interval_s)
+    stopping = False
+
+    def on_runs_done(k: int) -> None:
+        nonlocal runs_done
+        runs_done += k
+        if progress_gate.ready():
+            jobs.set_batch_progress(job_id, batch_index, runs_done)
+
+    def on_cell_done(cell: dict[str, Any]) -> None:
+        jobs.put_cell(job_id, cell, summary_rows([cell])[0])
+
+    def should_cancel() -> bool:
+        nonlocal stopping
+        if not stopping and cancel_gate.ready():
+            stopping = jobs.stop_requested(job_id)
+        return stopping
+
+    started = time.perf_counter()
+    try:
+        device = runner.resolve_device(spec.device)  # CUDA is first touched here, in the task
+        runner.run_batch(
+            spec,
+            batch,
+            device=device,
+            on_runs_done=on_runs_done,
+            on_cell_done=on_cell_done,
+            should_cancel=should_cancel,
+        )
+    except runner.Cancelled:
+        jobs.set_batch_progress(job_id, batch_index, runs_done)
+        return
+    except Exception as exc:  # the job fails with the reason; the worker lives on
+        log.exception("job %s batch %s failed", job_id, batch_index)
+        jobs.mark_failed(job_id, f"batch {batch_index}: {type(exc).__name__}: {exc}")
+        return
+    if jobs.finish_batch(job_id, batch_index, batch.runs, time.perf_counter() - started):
+        # The worker that finishes the last batch closes the job; the transition is atomic,
+        # so a re-delivered duplicate cannot close it twice.
+        engine = runner.engine_info(device, spec.dtype, jobs.compute_seconds(job_id))
+        jobs.mark_succeeded(job_id, engine)
