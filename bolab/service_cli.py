@@ -23,7 +23,7 @@ from rich.table import Table
 
 from bolab.client import DEFAULT_URL, Job, LabClient, LabError
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # long ids and URLs stay on one line
 out = Console()
 
 UrlOpt = Annotated[
@@ -257,6 +257,9 @@ def up(
         Path | None, typer.Option(help="embedded Redis data (default BOLAB_DATA_DIR or ./.bolab)")
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="worker concurrency")] = 1,
+    redis_port: Annotated[
+        int, typer.Option(help="embedded Redis port (a free one if this one is taken)")
+    ] = 6379,
 ) -> None:
     """Start the whole lab locally: Redis (embedded, AOF on), the API and one worker.
 
@@ -266,7 +269,8 @@ def up(
     from worker.settings import get_settings
 
     data = data_dir or get_settings().data_dir
-    redis_port = 6379 if port_free(6379) else None  # another Redis there: pick a free port
+    if not port_free(redis_port):  # another Redis there: pick a free port, say so below
+        redis_port = 0
     stack = Stack(
         data,
         api_port=port,

@@ -42,8 +42,6 @@ def make_celery() -> Celery:
         task_queues=[Queue(name, Exchange(name), routing_key=name) for name in QUEUES],
         task_default_queue=CPU_QUEUE,
         worker_send_task_events=True,  # Flower and the metrics issue read these
-        task_send_sent_event=True,
-        worker_hijack_root_logger=False,
     )
     return app
 

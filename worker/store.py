@@ -11,7 +11,7 @@ import json
 import os
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -34,6 +34,7 @@ TERMINAL = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 # Atomically: if the job's status is one of ARGV[3..], move it to ARGV[2] and set the extra
 # fields (ARGV[k+1] = number of field/value arguments that follow). Keeps the per-status
 # index sets in step. Returns 1 on a move, 0 when the job is missing or in another status.
+# (The status-set keys are built in the script: fine on one Redis, not on a Redis Cluster.)
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return 0 end
@@ -73,7 +74,6 @@ class JobRecord:
     finished_at: float | None = None
     error: str | None = None
     engine: dict[str, Any] | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> JobRecord:

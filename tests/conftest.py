@@ -1,0 +1,76 @@
+"""Real processes for the service suites: a Redis server, a Celery worker and a uvicorn API.
+
+Each runs as a `bolab.stack` process object (start / stop / kill / restart), shared by the whole
+session; suites that inject faults (SIGKILL, restarts) can drive the same objects.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bolab.client import LabClient
+from bolab.stack import ApiServer, RedisServer, WorkerProcess
+from worker.store import JobStore
+
+# Tiny experiments: a job of this size trains in well under a second on a 2-core CPU.
+TINY = {"n": 20, "d": 40, "width": 16, "n_test": 200, "max_steps": 2000, "seeds": 2}
+
+
+@pytest.fixture(scope="session")
+def lab_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("lab")
+
+
+@pytest.fixture(scope="session")
+def redis_server(lab_dir: Path) -> Iterator[RedisServer]:
+    server = RedisServer(lab_dir / "redis", log_path=lab_dir / "logs" / "redis.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def worker_process(redis_server: RedisServer, lab_dir: Path) -> Iterator[WorkerProcess]:
+    # Two batches at once, so a long job under test does not hold up the others.
+    process = WorkerProcess(
+        redis_server.url,
+        queues="cpu,gpu",
+        concurrency=2,
+        pool="prefork",
+        log_path=lab_dir / "logs" / "worker.log",
+    )
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def api_server(redis_server: RedisServer, lab_dir: Path) -> Iterator[ApiServer]:
+    server = ApiServer(redis_server.url, log_path=lab_dir / "logs" / "api.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def lab(api_server: ApiServer, worker_process: WorkerProcess) -> Iterator[LabClient]:
+    """A client of the live service, with a worker behind it."""
+    assert api_server.alive and worker_process.alive, "a service process died; see its log"
+    with LabClient(api_server.url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def store(redis_server: RedisServer) -> Iterator[JobStore]:
+    jobs = JobStore.from_url(redis_server.url)
+    yield jobs
+    jobs.redis.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_ambient_lab_url() -> None:
+    os.environ.pop("BOLAB_URL", None)  # tests name their server explicitly

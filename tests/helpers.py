@@ -1,0 +1,37 @@
+"""Small helpers shared by the service suites."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def eventually(probe: Callable[[], T | None], timeout: float = 30.0, every: float = 0.05) -> T:
+    """Call `probe` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def assert_numbers_equal(a: Any, b: Any, path: str = "", rel: float = 1e-12) -> None:
+    """Same structure, same strings and flags, numbers equal to `rel` (exact when possible)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{path}: keys differ"
+        for key in a:
+            assert_numbers_equal(a[key], b[key], f"{path}.{key}", rel)
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), f"{path}: lengths differ"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_numbers_equal(x, y, f"{path}[{i}]", rel)
+    elif isinstance(a, float) and not isinstance(a, bool):
+        assert isinstance(b, int | float), f"{path}: {a!r} vs {b!r}"
+        assert abs(a - b) <= rel * max(abs(a), abs(b), 1e-300) or a == b, f"{path}: {a} != {b}"
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"

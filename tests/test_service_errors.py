@@ -1,0 +1,71 @@
+"""Bad input answers 4xx with a clear JSON body that names what is wrong; never 500."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bolab.client import LabClient
+from tests.conftest import TINY
+
+pytestmark = pytest.mark.timeout(60)
+
+BAD_SPECS = [
+    pytest.param({**TINY, "n": -5}, ["n"], id="negative-n"),
+    pytest.param({**TINY, "gamma": 1.5}, ["gamma"], id="gamma-1.5"),
+    pytest.param({**TINY, "width": 15}, ["width"], id="odd-width"),
+    pytest.param(
+        {**TINY, "corruption_rate": 0.1, "num_corrupt": 2},
+        ["corruption_rate", "num_corrupt"],
+        id="both-corruption-fields",
+    ),
+    pytest.param({**TINY, "grid": {"depth": [1, 2]}}, ["grid", "depth"], id="unknown-grid-axis"),
+    pytest.param({**TINY, "gamma": 2, "width": 3}, ["gamma", "width"], id="every-field-named"),
+    pytest.param({**TINY, "colour": "red"}, ["colour"], id="unknown-field"),
+]
+
+
+@pytest.mark.parametrize(("spec", "fields"), BAD_SPECS)
+def test_bad_spec_is_422_naming_fields(lab: LabClient, spec: dict, fields: list[str]) -> None:
+    response = lab.http.post("/v1/jobs", json=spec)
+    assert response.status_code == 422
+    detail = json.dumps(response.json()["detail"])
+    for field in fields:
+        assert field in detail, f"{field!r} not named in {detail}"
+
+
+def test_malformed_json_is_422(lab: LabClient) -> None:
+    response = lab.http.post(
+        "/v1/jobs", content=b'{"n": 20, "d":', headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == "json_invalid"
+
+
+@pytest.mark.parametrize("body", [b"[]", b"42", b'"spec"', b"null"])
+def test_non_object_body_is_422(lab: LabClient, body: bytes) -> None:
+    response = lab.http.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/jobs/{id}"),
+        ("GET", "/v1/jobs/{id}/results"),
+        ("GET", "/v1/jobs/{id}/results?format=csv"),
+        ("GET", "/v1/jobs/{id}/plot.png"),
+        ("POST", "/v1/jobs/{id}/cancel"),
+    ],
+)
+@pytest.mark.parametrize("job_id", ["0000000000000000dead", "no-such-job", "%E2%9C%93"])
+def test_unknown_job_is_404(lab: LabClient, method: str, path: str, job_id: str) -> None:
+    response = lab.http.request(method, path.format(id=job_id))
+    assert response.status_code == 404
+    assert "no job" in response.json()["detail"]
+
+
+def test_bad_results_format_is_422(lab: LabClient) -> None:
+    job_id = lab.submit(TINY)["id"]
+    assert lab.http.get(f"/v1/jobs/{job_id}/results?format=xml").status_code == 422

@@ -1,0 +1,68 @@
+"""`bolab up`: one command brings up Redis, the API and a worker; Ctrl-C stops all three."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bolab.client import LabClient
+from bolab.stack import BOLAB, free_port, port_free
+from tests.conftest import TINY
+from tests.helpers import eventually
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _running(marker: str) -> bool:
+    """Is any process's command line carrying `marker` (the worker's unique node name)?"""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker.encode() in cmdline.read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "term"])
+def test_up_runs_a_job_and_stops_cleanly(tmp_path: Path, stop_signal: int) -> None:
+    api_port, redis_port = free_port(), free_port()
+    log = tmp_path / "up.log"
+    with log.open("wb") as sink:
+        up = subprocess.Popen(
+            [*BOLAB, "up", "--port", str(api_port), "--redis-port", str(redis_port),
+             "--data-dir", str(tmp_path / "data")],
+            stdout=sink, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{api_port}"
+        eventually(lambda: _ready(url), timeout=90, every=0.2)
+        with LabClient(url) as lab:
+            job_id = lab.submit(TINY)["id"]
+            assert lab.wait(job_id, timeout=60)["status"] == "succeeded"
+        worker = re.search(r"worker (\S+@\S+)", log.read_text())
+        assert worker, log.read_text()
+        assert _running(worker.group(1))
+
+        up.send_signal(stop_signal)
+        assert up.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if up.poll() is None:
+            up.kill()
+    assert "stopped." in log.read_text()
+    assert port_free(api_port) and port_free(redis_port)
+    assert not _running(worker.group(1))
+    # Redis kept an append-only file in the data directory (6.x: a file, 7.x: a directory).
+    assert list((tmp_path / "data" / "redis").glob("appendonly*"))
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
