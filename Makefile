@@ -1,0 +1,29 @@
+# The two Quickstart commands: `make up` runs the lab stack, `make test` runs every test.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch is pinned here (the CPU wheel on local disk); pyproject keeps a range.
+TORCH_PIN ?= torch==2.13.0
+
+$(BIN)/bolab: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_PIN)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+.PHONY: install up test lint bench
+install: $(BIN)/bolab
+
+up: install
+	$(BIN)/bolab run --local examples/paper_gamma.json --format table
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	$(BIN)/python bench/engine.py

@@ -1,0 +1,84 @@
+"""The data model of the paper: a signal direction v, noisy labels, inputs with signal share gamma.
+
+Every random draw comes from a CPU `torch.Generator` seeded by a stable hash of exactly the
+parameters that draw depends on, so the data of (cell, seed) is the same on every device and in
+every grid that contains the cell (the basis of a shared result cache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+
+import torch
+
+from bo_engine.spec import Cell
+
+
+def seeded_generator(stream: str, **params: object) -> torch.Generator:
+    """A generator whose seed is a stable hash of a stream name and the parameters it uses."""
+    key = json.dumps({"stream": stream, **params}, sort_keys=True).encode()
+    seed = int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1)
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class TrainSet:
+    """Training data of one run, float64 on the CPU."""
+
+    x: torch.Tensor  # (n, d) inputs
+    y: torch.Tensor  # (n,) observed labels in {-1, +1}
+    clean: torch.Tensor  # (n,) clean labels t
+    corrupted: torch.Tensor  # (n,) bool, y != t
+    v: torch.Tensor  # (d,) unit signal direction
+
+
+def signal_direction(d: int, seed: int) -> torch.Tensor:
+    """v: uniform on the unit sphere of R^d."""
+    g = torch.randn(d, generator=seeded_generator("v", d=d, seed=seed), dtype=torch.float64)
+    return g / g.norm()
+
+
+def inputs(
+    clean: torch.Tensor, v: torch.Tensor, gamma: float, gen: torch.Generator
+) -> torch.Tensor:
+    """x = sqrt(gamma) t v + sqrt(1 - gamma) xi, xi = g / sqrt(d) projected orthogonally to v."""
+    n, d = clean.shape[0], v.shape[0]
+    # Drawn in float32 (four times faster on a CPU than float64), then used in float64.
+    xi = torch.randn(n, d, generator=gen, dtype=torch.float32).double() / math.sqrt(d)
+    xi -= torch.outer(xi @ v, v)
+    return math.sqrt(gamma) * clean[:, None] * v[None, :] + math.sqrt(1.0 - gamma) * xi
+
+
+def random_labels(n: int, gen: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, 2, (n,), generator=gen).to(torch.float64) * 2 - 1
+
+
+def make_train_set(cell: Cell, seed: int) -> TrainSet:
+    gen = seeded_generator(
+        "train",
+        n=cell.n,
+        d=cell.d,
+        gamma=cell.gamma,
+        corruption_rate=cell.corruption_rate,
+        num_corrupt=cell.num_corrupt,
+        seed=seed,
+    )
+    v = signal_direction(cell.d, seed)
+    clean = random_labels(cell.n, gen)
+    if cell.num_corrupt is not None:
+        corrupted = torch.zeros(cell.n, dtype=torch.bool)
+        corrupted[torch.randperm(cell.n, generator=gen)[: cell.num_corrupt]] = True
+    else:
+        corrupted = torch.rand(cell.n, generator=gen, dtype=torch.float64) < cell.corruption_rate
+    y = torch.where(corrupted, -clean, clean)
+    return TrainSet(inputs(clean, v, cell.gamma, gen), y, clean, corrupted, v)
+
+
+def make_test_set(cell: Cell, seed: int, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_test (n_test, d), clean labels (n_test,)): fresh points, labels never corrupted."""
+    gen = seeded_generator("test", d=cell.d, gamma=cell.gamma, n_test=cell.n_test, seed=seed)
+    clean = random_labels(cell.n_test, gen)
+    return inputs(clean, v, cell.gamma, gen), clean

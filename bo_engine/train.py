@@ -1,0 +1,248 @@
+"""Full-batch gradient descent on the summed hinge loss, many runs at once.
+
+B runs that share n and width train as one tensor program. Every GD step adds to w_j a linear
+combination of the training inputs, so W(t) = W(0) + C(t) X with C (B, width, n), and the
+pre-activations Z = W X^T (B, width, n) follow from
+
+    Gram form:   Z(t+1) = Z(t) + dC G,          G = X X^T (B, n, n)   O(width n^2) a step
+    plain form:  W(t+1) = W(t) + dC X, Z = W X^T                      O(width n d) a step
+
+with the same iterates up to rounding. Only points with y_i f(x_i) < 1 move C, so in the Gram form
+the update gathers just the active columns of dC and rows of G. Runs that stop are taken out of the
+batch at once, so they cost nothing further.
+
+The gradient of L(W) = sum_i max(0, 1 - y_i f(x_i)) with respect to w_j is
+-a_j sum_{i: y_i f_i < 1} y_i sigma'(z_ji) x_i, so one GD step is dC_ji = lr a_j y_i sigma'(z_ji).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bo_engine.data import TrainSet, make_train_set
+from bo_engine.metrics import fit_metrics, run_result, trajectory_point
+from bo_engine.model import init_weights, outer_weights
+from bo_engine.spec import Cell, TheoryRule, uses_gram_form
+
+# Recompute Z from C now and then so that rounding in the incremental update cannot drift.
+RESYNC_EVERY = 1000
+# The cancel callback is asked at most this often (seconds).
+CANCEL_POLL_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    cell_index: int
+    cell: Cell
+    seed: int
+
+
+@dataclass
+class _Batch:
+    """The live tensors of the runs still training; row b of each belongs to run ids[b]."""
+
+    ids: torch.Tensor  # (B,) index into setups
+    z0: torch.Tensor  # (B, m, n) pre-activations at init
+    z: torch.Tensor  # (B, m, n) current pre-activations
+    c: torch.Tensor  # (B, m, n) coefficients: W = W0 + C X
+    gram: torch.Tensor | None  # (B, n, n) in the Gram form
+    x: torch.Tensor | None  # (B, n, d) in the plain form
+    w: torch.Tensor | None  # (B, m, d) in the plain form
+    y: torch.Tensor  # (B, n)
+    alpha: float  # shared by the batch (part of the shape key)
+    lr: torch.Tensor  # (B, 1)
+    to_zero_loss: torch.Tensor  # (B,) bool: stop rule is zero_loss
+    max_steps: torch.Tensor  # (B,)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                setattr(self, name, value.index_select(0, rows))
+
+
+def _build(
+    setups: list[RunSetup], data: list[TrainSet], w0: list[torch.Tensor], device, dtype
+) -> _Batch:
+    def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(tensors).to(device=device, dtype=dtype)
+
+    gram_form = uses_gram_form(setups[0].cell.n, setups[0].cell.d)
+    z0 = stack([w @ t.x.T for w, t in zip(w0, data, strict=True)])
+    cells = [s.cell for s in setups]
+    return _Batch(
+        ids=torch.arange(len(setups), device=device),
+        z0=z0,
+        z=z0.clone(),
+        c=torch.zeros_like(z0),
+        gram=stack([t.x @ t.x.T for t in data]) if gram_form else None,
+        x=None if gram_form else stack([t.x for t in data]),
+        w=None if gram_form else stack(w0),
+        y=stack([t.y for t in data]),
+        alpha=cells[0].alpha,
+        lr=torch.tensor([c.lr for c in cells], device=device, dtype=dtype).view(-1, 1),
+        to_zero_loss=torch.tensor([c.stop == "zero_loss" for c in cells], device=device),
+        max_steps=torch.tensor([c.max_steps for c in cells], device=device),
+    )
+
+
+def _outputs(b: _Batch, a: torch.Tensor) -> torch.Tensor:
+    """f (B, n) = a^T sigma(Z): one fused activation and one batched matrix-vector product."""
+    return torch.bmm(a.expand(b.z.shape[0], 1, -1), F.leaky_relu(b.z, b.alpha)).squeeze(1)
+
+
+def _slope(z: torch.Tensor, alpha: float) -> torch.Tensor:
+    """sigma'(z): 1 where z > 0, else alpha (what autograd's leaky ReLU gives at 0 too)."""
+    return (z > 0).to(z.dtype).mul_(1.0 - alpha).add_(alpha)
+
+
+def _active_columns(active: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, k) indices of each run's active points first, padded with inactive ones."""
+    return torch.argsort(active.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
+
+
+def _step(b: _Batch, a: torch.Tensor, yf: torch.Tensor) -> None:
+    """One GD step for every run in the batch (finished runs were removed before)."""
+    active = yf < 1  # (B, n): only these points have a hinge subgradient
+    coef = b.lr * b.y * active  # (B, n); zero off the active set
+    n = active.shape[1]
+    k = int(active.sum(1).max())
+    if b.gram is not None and 2 * k < n:
+        # Work on the active columns only: dC[:, :, A] and Z += dC[:, :, A] G[A, :].
+        cols = _active_columns(active, k)  # (B, k)
+        cols_m = cols[:, None, :].expand(-1, b.z.shape[1], -1)  # (B, m, k)
+        z_a = torch.gather(b.z, 2, cols_m)
+        dc_a = _slope(z_a, b.alpha).mul_(a[:, None] * torch.gather(coef, 1, cols)[:, None, :])
+        b.c.scatter_add_(2, cols_m, dc_a)
+        g_a = torch.gather(b.gram, 1, cols[:, :, None].expand(-1, -1, n))  # (B, k, n)
+        b.z.baddbmm_(dc_a, g_a)
+        return
+    dc = _slope(b.z, b.alpha).mul_(a[:, None] * coef[:, None, :])  # (B, m, n)
+    b.c += dc
+    if b.gram is None:
+        b.w.baddbmm_(dc, b.x)
+        b.z = b.w @ b.x.transpose(1, 2)
+    else:
+        b.z.baddbmm_(dc, b.gram)
+
+
+def _resync(b: _Batch) -> None:
+    if b.gram is not None:
+        b.z = b.z0 + b.c @ b.gram
+
+
+def _weights(b: _Batch, row: int, w0: torch.Tensor, train: TrainSet) -> torch.Tensor:
+    """W of one run in float64: W0 + C X (the plain form keeps W itself)."""
+    if b.w is not None:
+        return b.w[row].double()
+    x = train.x.to(b.c.device)
+    return w0.to(b.c.device) + b.c[row].double() @ x
+
+
+def _weight_norms(b: _Batch, w0_sq: torch.Tensor) -> torch.Tensor:
+    """||W||_F per run without forming W: ||W0||^2 + 2 <C, Z0> + <C, C G>."""
+    if b.w is not None:
+        return b.w.flatten(1).norm(dim=1)
+    cross = (b.c * b.z0).sum((1, 2))
+    quad = (b.c * (b.c @ b.gram)).sum((1, 2))
+    return (w0_sq[b.ids] + 2 * cross + quad).clamp(min=0).sqrt()
+
+
+def _stop_reason(reached: bool, to_zero_loss: bool, out_of_steps: bool, cancelled: bool) -> str:
+    if reached:
+        return "zero_loss" if to_zero_loss else "interpolated"
+    return "max_steps" if out_of_steps or not cancelled else "cancelled"
+
+
+def train_batch(
+    setups: list[RunSetup],
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    record_every: int | None,
+    max_margin_baseline: bool,
+    theory: TheoryRule,
+    on_run_done: Callable[[RunSetup, dict[str, Any]], None],
+    on_runs_done: Callable[[int], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> bool:
+    """Train all runs to their stop rule; report each via `on_run_done`. True if cancelled."""
+    data = [make_train_set(s.cell, s.seed) for s in setups]
+    w0 = [init_weights(s.cell, s.seed) for s in setups]
+    b = _build(setups, data, w0, device, dtype)
+    a = outer_weights(setups[0].cell.width, dtype, device)
+    w0_sq = torch.stack([w.pow(2).sum() for w in w0]).to(device=device, dtype=dtype)
+    trajectories: list[list[dict[str, float]] | None] = [
+        [] if record_every else None for _ in setups
+    ]
+    last_poll = time.monotonic()
+    step = 0
+    cancelled = False
+
+    def finish(rows: torch.Tensor, f: torch.Tensor, reasons: list[str]) -> None:
+        for row, reason in zip(rows.tolist(), reasons, strict=True):
+            i = int(b.ids[row])
+            setup = setups[i]
+            run = run_result(
+                setup.cell,
+                setup.seed,
+                data[i],
+                _weights(b, row, w0[i], data[i]),
+                f[row],
+                step,
+                reason,
+                max_margin_baseline=max_margin_baseline,
+                rule=theory,
+                trajectory=trajectories[i],
+            )
+            on_run_done(setup, run)
+        if on_runs_done:
+            on_runs_done(len(reasons))
+
+    while b.ids.numel():
+        f = _outputs(b, a)
+        yf = b.y * f
+        if record_every and step % record_every == 0:
+            norms = _weight_norms(b, w0_sq).tolist()
+            for row, i in enumerate(b.ids.tolist()):
+                fit = fit_metrics(b.y[row], f[row])
+                trajectories[i].append(trajectory_point(step, fit, norms[row]))
+        reached = torch.where(b.to_zero_loss, (yf >= 1).all(1), (yf > 0).all(1))
+        out_of_steps = b.max_steps <= step
+        stopped = reached | out_of_steps
+        cancel_now = False
+        if should_cancel is not None and time.monotonic() - last_poll >= CANCEL_POLL_SECONDS:
+            last_poll = time.monotonic()
+            cancel_now = should_cancel()
+        if cancel_now:
+            stopped = torch.ones_like(stopped)
+        if bool(stopped.any()):
+            rows = stopped.nonzero().flatten()
+            reasons = [
+                _stop_reason(r, zl, s, cancel_now)
+                for r, zl, s in zip(
+                    reached[rows].tolist(),
+                    b.to_zero_loss[rows].tolist(),
+                    out_of_steps[rows].tolist(),
+                    strict=True,
+                )
+            ]
+            finish(rows, f, reasons)
+            if cancel_now:
+                cancelled = True
+                break
+            keep = (~stopped).nonzero().flatten()
+            b.keep(keep)
+            if not b.ids.numel():
+                break
+            yf = yf[keep]
+        _step(b, a, yf)
+        step += 1
+        if step % RESYNC_EVERY == 0:
+            _resync(b)
+    return cancelled

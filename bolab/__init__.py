@@ -1,0 +1,1 @@
+"""bolab: command line and Python client of the benign-overfitting lab service."""
