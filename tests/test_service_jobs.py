@@ -54,6 +54,8 @@ def test_submit_poll_and_fetch_everything(lab: LabClient) -> None:
     png = http.get(f"/v1/jobs/{job_id}/plot.png")
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     assert png.content.startswith(b"\x89PNG\r\n\x1a\n")
+    one_axis = http.get(f"/v1/jobs/{job_id}/plot.png", params={"kind": "heatmap"})
+    assert one_axis.status_code == 409 and "two swept axes" in one_axis.json()["detail"]
 
 
 def test_results_equal_a_local_run(lab: LabClient) -> None:

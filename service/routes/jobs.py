@@ -147,19 +147,28 @@ def get_results(
 @router.get(
     "/{job_id}/plot.png",
     summary="Job figure",
-    description="The figure `bolab plot` draws from the results: a heatmap for a two-axis "
-    "grid, lines for one axis. 409 while the job has no results.",
+    description="The figure `bolab plot` draws from the results: mean test error as a heatmap "
+    "over a two-axis grid (log colour scale) or as lines over one axis. 409 while the job has "
+    "no results, or when the results cannot be drawn that way.",
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}, **NOT_FOUND, **NOT_READY},
 )
-def get_plot(job_id: JobId, store: StoreDep) -> Response:
+def get_plot(
+    job_id: JobId,
+    store: StoreDep,
+    kind: Annotated[
+        Literal["auto", "heatmap", "lines"],
+        Query(description="auto: a heatmap for two swept axes with many values, else lines"),
+    ] = "auto",
+) -> Response:
     job = _job(store, job_id)
     result = _result(store, job)
     from bo_engine.plots import figure_png  # matplotlib: loaded on the first plot only
 
     with _plot_lock:
         try:
-            png = figure_png(result)
+            # Name the swept axes, as `bolab plot` knows them from the spec.
+            png = figure_png({**result, "axes": list(job.spec.get("grid") or {})}, kind)
         except Exception as exc:
             raise Conflict(f"job {job_id}'s results cannot be drawn: {exc}") from exc
     return Response(png, media_type="image/png")
