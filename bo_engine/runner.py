@@ -129,8 +129,8 @@ def engine_info(device: torch.device, dtype: str, wall_seconds: float) -> dict[s
 def assemble_result(
     spec: JobSpec, cells: list[dict[str, Any]], engine: dict[str, Any]
 ) -> dict[str, Any]:
-    """The result document: cells in grid order, plus engine facts."""
-    return {"cells": sorted(cells, key=lambda c: c["index"]), "engine": engine}
+    """The result document: cells in grid order, the swept axes, and engine facts."""
+    return {"cells": sorted(cells, key=lambda c: c["index"]), "axes": spec.axes, "engine": engine}
 
 
 def run_spec(

@@ -1,0 +1,150 @@
+"""Figures of a result: a heatmap for a two-axis sweep, curves for a one-axis sweep.
+
+The heatmap uses a log colour scale for the mean test error, like the paper's figure; curves show
+the mean test error with its standard error, one line per value of a second axis if there is one.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+from typing import Any, Literal
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: figures are files and HTTP responses
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+# Axes tried when a result does not name its own, most telling first.
+CANDIDATE_AXES = (
+    "n",
+    "d_over_n",
+    "gamma",
+    "gamma_times_n",
+    "d",
+    "width",
+    "alpha",
+    "corruption_rate",
+    "num_corrupt",
+    "init_scale",
+    "lr",
+    "max_steps",
+    "n_test",
+)
+METRIC = "test_error"
+MAX_LINES = 6
+PlotKind = Literal["auto", "heatmap", "lines"]
+# Test errors of 0 cannot sit on a log scale: they are drawn at this floor.
+LOG_FLOOR = 1e-3
+
+
+def plot_axes(result: dict[str, Any]) -> list[str]:
+    """The swept axes with more than one value (at most two), from the result or inferred."""
+    cells = result["cells"]
+    named = [a for a in result.get("axes") or [] if a in cells[0]["params"]]
+    candidates = named or list(CANDIDATE_AXES)
+
+    def distinct(axis: str) -> int:
+        return len({c["params"].get(axis) for c in cells})
+
+    varying = [a for a in candidates if distinct(a) > 1]
+    if named:
+        return varying[:2]
+    # Inferred: the first pair (or single axis) whose value combinations name each cell once.
+    for x, y in itertools.combinations(varying, 2):
+        if distinct(x) * distinct(y) == len(cells) == len({_key(c, (x, y)) for c in cells}):
+            return [x, y]
+    return [a for a in varying if distinct(a) == len(cells)][:1] or varying[:1]
+
+
+def _key(cell: dict[str, Any], axes: tuple[str, ...]) -> tuple[Any, ...]:
+    return tuple(cell["params"].get(a) for a in axes)
+
+
+def _mean_sem(cell: dict[str, Any]) -> tuple[float, float]:
+    stats = cell["summary"][METRIC]
+    runs = max(len(cell.get("runs", [])), 1)
+    return stats["mean"], (stats["std"] or 0.0) / math.sqrt(runs)
+
+
+def _label(axis: str) -> str:
+    return {"d_over_n": "d / n", "gamma_times_n": "gamma n"}.get(axis, axis)
+
+
+def heatmap(result: dict[str, Any], x: str, y: str) -> Figure:
+    cells = result["cells"]
+    xs = sorted({c["params"][x] for c in cells})
+    ys = sorted({c["params"][y] for c in cells})
+    grid = np.full((len(ys), len(xs)), np.nan)
+    for cell in cells:
+        grid[ys.index(cell["params"][y]), xs.index(cell["params"][x])] = _mean_sem(cell)[0]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(xs), 1.2 + 0.45 * len(ys)), dpi=110)
+    vmax = max(float(np.nanmax(grid)), LOG_FLOOR * 10)
+    image = ax.imshow(
+        np.clip(grid, LOG_FLOOR, None),
+        origin="lower",
+        aspect="auto",
+        cmap="viridis",
+        norm=LogNorm(vmin=LOG_FLOOR, vmax=vmax),
+    )
+    ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
+    ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
+    ax.set_xlabel(_label(x))
+    ax.set_ylabel(_label(y))
+    ax.set_title(f"mean test error ({_label(y)} vs {_label(x)})")
+    fig.colorbar(image, ax=ax, label=f"test error (log; 0 shown at {LOG_FLOOR:g})")
+    fig.tight_layout()
+    return fig
+
+
+def curves(result: dict[str, Any], x: str, line: str | None) -> Figure:
+    cells = result["cells"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    groups = sorted({c["params"][line] for c in cells}) if line else [None]
+    for value in groups:
+        members = sorted(
+            (c for c in cells if line is None or c["params"][line] == value),
+            key=lambda c: c["params"][x],
+        )
+        xs = [c["params"][x] for c in members]
+        means, sems = zip(*(_mean_sem(c) for c in members), strict=True)
+        label = f"{_label(line)} = {value:g}" if line else None
+        ax.errorbar(xs, means, yerr=sems, marker="o", capsize=3, label=label)
+    ax.set_xlabel(_label(x))
+    ax.set_ylabel("mean test error")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    if line:
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_result(result: dict[str, Any], kind: PlotKind = "auto") -> Figure:
+    """A heatmap or curves of the mean test error over the swept axes.
+
+    `auto` draws a heatmap when two axes are swept and the second has more values than make
+    readable lines (MAX_LINES), else curves over the first axis, one line per second-axis value.
+    """
+    if not result.get("cells"):
+        raise ValueError("the result has no cells to draw")
+    axes = plot_axes(result)
+    if kind == "heatmap" and len(axes) != 2:
+        raise ValueError(f"a heatmap needs two swept axes; this result sweeps {axes or 'none'}")
+    if len(axes) == 2 and kind != "lines":
+        many = len({c["params"][axes[1]] for c in result["cells"]}) > MAX_LINES
+        if kind == "heatmap" or many:
+            return heatmap(result, axes[0], axes[1])
+    return curves(result, axes[0] if axes else "n", axes[1] if len(axes) == 2 else None)
+
+
+def figure_png(result: dict[str, Any], kind: PlotKind = "auto") -> bytes:
+    fig = plot_result(result, kind)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()

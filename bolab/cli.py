@@ -1,0 +1,13 @@
+"""The `bolab` command: engine verbs (run, plot) and service verbs on one typer app."""
+
+import typer
+
+from bolab import local_cli, service_cli
+
+app = typer.Typer(
+    help="bolab: benign-overfitting experiments, locally or on the lab service.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+local_cli.register(app)
+service_cli.register(app)

@@ -1,0 +1,152 @@
+"""Engine verbs of the `bolab` command: `run` a spec (here with --local, or on the service) and
+`plot` a result. The engine (torch) is imported inside the verbs, so `bolab --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from bo_engine.spec import JobSpec
+
+err = Console(stderr=True, soft_wrap=True)
+out = Console()
+
+Format = Literal["json", "csv", "table"]
+SpecArg = Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JobSpec JSON file")]
+
+
+def load_spec(path: Path) -> JobSpec:
+    """Parse and validate a spec file; on error print every offending field and exit 2."""
+    try:
+        return JobSpec.model_validate_json(path.read_text())
+    except ValidationError as exc:
+        for problem in exc.errors():
+            where = ".".join(str(p) for p in problem["loc"]) or "spec"
+            err.print(f"[red]invalid[/] {where}: {problem['msg']}")
+        raise typer.Exit(2) from None
+
+
+def write_result(result: dict[str, Any], spec: JobSpec, fmt: Format, out_file: Path | None) -> None:
+    from bo_engine.results import cells_to_csv, summary_rows
+    from bolab.service_cli import summary_table
+
+    if fmt == "table":
+        job = {"id": "local", "status": "succeeded", "spec": spec.model_dump()}
+        out.print(summary_table({**job, "summary": summary_rows(result["cells"])}))
+        return
+    text = cells_to_csv(result["cells"]) if fmt == "csv" else json.dumps(result, indent=2)
+    if out_file is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    else:
+        out_file.write_text(text)
+        err.print(f"wrote {out_file}")
+
+
+def run(
+    spec_file: SpecArg,
+    local: Annotated[
+        bool, typer.Option("--local", help="train in this process (no Redis, no service)")
+    ] = False,
+    out_file: Annotated[Path | None, typer.Option("--out", help="write here, not stdout")] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="json (full result), csv (a row per cell) or table")
+    ] = "json",
+    device: Annotated[
+        str | None, typer.Option(help="override the spec's device: auto, cpu or cuda")
+    ] = None,
+) -> None:
+    """Run a spec and write its result: in this process with --local, else on the lab service.
+
+    Without --local this is `bolab submit SPEC --wait` followed by `bolab results`.
+    """
+    if fmt not in ("json", "csv", "table"):
+        raise typer.BadParameter("json, csv or table", param_hint="--format")
+    spec = load_spec(spec_file)
+    if device is not None:
+        spec = JobSpec.model_validate({**spec.model_dump(exclude_unset=True), "device": device})
+    result = _run_here(spec) if local else _run_on_service(spec)
+    write_result(result, spec, fmt, out_file)  # type: ignore[arg-type]
+
+
+def _run_here(spec: JobSpec) -> dict[str, Any]:
+    from bo_engine.runner import run_spec
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    cells = len(spec.cells)
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(f"training {cells} cell(s)", total=spec.runs_total)
+        try:
+            result = run_spec(spec, on_runs_done=lambda k: bar.advance(task, k))
+        except RuntimeError as exc:  # e.g. cuda asked for where there is none
+            err.print(f"[red]cannot run[/]: {exc}")
+            raise typer.Exit(1) from None
+    engine = result["engine"]
+    err.print(
+        f"{spec.runs_total} runs in {cells} cells, {engine['wall_seconds']:.1f} s "
+        f"on {engine['device']} ({engine['dtype']})"
+    )
+    return result
+
+
+def _run_on_service(spec: JobSpec) -> dict[str, Any]:
+    import os
+
+    from bolab.client import DEFAULT_URL
+    from bolab.service_cli import _talking_to, _wait_with_bar
+
+    url = os.environ.get("BOLAB_URL", DEFAULT_URL)
+    with _talking_to(url) as client:
+        job_id = client.submit(spec.model_dump(exclude_unset=True))["id"]
+        job = _wait_with_bar(client, job_id)
+        if job["status"] != "succeeded":
+            err.print(f"[red]job {job['status']}[/]: {job.get('error') or ''}")
+            raise typer.Exit(1)
+        return json.loads(client.results_text(job_id, "json"))
+
+
+def plot(
+    result_file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="result JSON from `bolab run`")
+    ],
+    out_file: Annotated[Path, typer.Option("--out", help="PNG file to write")] = Path("fig.png"),
+    kind: Annotated[str, typer.Option(help="auto, heatmap or lines")] = "auto",
+) -> None:
+    """Draw a result: a heatmap (log colour) for a two-axis grid, curves for one axis."""
+    from bo_engine.plots import figure_png
+
+    if kind not in ("auto", "heatmap", "lines"):
+        raise typer.BadParameter("auto, heatmap or lines", param_hint="--kind")
+    try:
+        result = json.loads(result_file.read_text())
+        png = figure_png(result, kind)  # type: ignore[arg-type]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        err.print(f"[red]cannot draw {result_file}[/]: {exc}")
+        raise typer.Exit(1) from None
+    out_file.write_bytes(png)
+    err.print(f"wrote {out_file}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(run)
+    app.command()(plot)
