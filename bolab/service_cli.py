@@ -49,7 +49,7 @@ SUMMARY_COLUMNS = (
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.3g}"
     return "—" if value is None else str(value)
 
 
@@ -283,7 +283,9 @@ def up(
     def terminate(*_: object) -> None:
         raise KeyboardInterrupt
 
+    # Both, explicitly: a shell that starts us in the background has SIGINT ignored.
     signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, terminate)
     try:
         err.print("starting Redis, API and worker ...")
         stack.start()
