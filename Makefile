@@ -7,7 +7,6 @@ TORCH_PIN ?= torch==2.13.0
 
 $(BIN)/bolab: pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_PIN)"
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
@@ -16,7 +15,7 @@ $(BIN)/bolab: pyproject.toml
 install: $(BIN)/bolab
 
 up: install
-	$(BIN)/bolab run --local examples/paper_gamma.json --format table
+	$(BIN)/bolab up
 
 test: install
 	$(BIN)/ruff check .

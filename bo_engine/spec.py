@@ -117,13 +117,15 @@ class Cell(BaseModel):
         """The resolved scalar fields, as reported in results."""
         return {**self.model_dump(), "d_over_n": self.d_over_n, "gamma_times_n": self.gamma_times_n}
 
-    def shape_key(self) -> tuple[float, ...]:
-        """Cells with equal keys train in one batch: the Gram form needs equal n (any d).
+    def shape_key(self) -> tuple[str | float, ...]:
+        """Cells with equal keys train in one batch.
 
-        alpha is in the key so that a batch applies one fused leaky ReLU with a scalar slope.
+        The Gram form pads each run to the batch's largest n, so any n and d share a batch; the
+        plain form needs equal n and d. alpha and the stop rule are in the key so that a step
+        is one fused leaky ReLU with a scalar slope and one stop test.
         """
-        key = (self.n, self.width, self.alpha)
-        return key if uses_gram_form(self.n, self.d) else (*key, self.d)
+        key = (self.width, self.alpha, self.stop)
+        return ("gram", *key) if uses_gram_form(self.n, self.d) else ("plain", *key, self.n, self.d)
 
 
 def uses_gram_form(n: int, d: int) -> bool:
@@ -261,8 +263,11 @@ def _resolve_cell(spec: JobSpec, point: dict[str, Any]) -> Cell:
         values["gamma"] = float(point["gamma_times_n"]) / n
     width, d = values["width"], values["d"]
     if isinstance(width, int) and isinstance(d, int) and width > 0 and d > 0:
-        values["init_scale"] = values["init_scale"] or 1.0 / (width * math.sqrt(d))
-        values["lr"] = values["lr"] or 1.0 / (width * n)
+        # `is None`, not `or`: an explicit 0 (say in a grid) must reach the validator.
+        if values["init_scale"] is None:
+            values["init_scale"] = 1.0 / (width * math.sqrt(d))
+        if values["lr"] is None:
+            values["lr"] = 1.0 / (width * n)
     try:
         return Cell.model_validate(values)
     except ValidationError as err:

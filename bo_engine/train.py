@@ -45,7 +45,12 @@ class RunSetup:
 
 @dataclass
 class _Batch:
-    """The live tensors of the runs still training; row b of each belongs to run ids[b]."""
+    """The live tensors of the runs still training; row b of each belongs to run ids[b].
+
+    Runs of different n share a Gram-form batch: each is padded to the batch's largest n with
+    zero inputs and label 0. `pad` is +inf there, so y f + pad keeps padded points satisfied and
+    out of the active set, and they never move C or Z.
+    """
 
     ids: torch.Tensor  # (B,) index into setups
     z0: torch.Tensor  # (B, m, n) pre-activations at init
@@ -54,11 +59,11 @@ class _Batch:
     gram: torch.Tensor | None  # (B, n, n) in the Gram form
     x: torch.Tensor | None  # (B, n, d) in the plain form
     w: torch.Tensor | None  # (B, m, d) in the plain form
-    y: torch.Tensor  # (B, n)
-    alpha: float  # shared by the batch (part of the shape key)
-    lr: torch.Tensor  # (B, 1)
-    to_zero_loss: torch.Tensor  # (B,) bool: stop rule is zero_loss
+    y: torch.Tensor  # (B, n) labels, 0 on padding
+    lr_y: torch.Tensor  # (B, n) lr * y
+    pad: torch.Tensor  # (B, n) 0 on real points, +inf on padding
     max_steps: torch.Tensor  # (B,)
+    alpha: float  # shared by the batch (part of the shape key)
 
     def keep(self, rows: torch.Tensor) -> None:
         for name, value in vars(self).items():
@@ -66,28 +71,40 @@ class _Batch:
                 setattr(self, name, value.index_select(0, rows))
 
 
+def _padded(t: torch.Tensor, size: int, dims: tuple[int, ...]) -> torch.Tensor:
+    """Zero-pad the given dims of t up to `size`."""
+    widths: list[int] = []
+    for dim in reversed(range(t.dim())):
+        widths += [0, size - t.shape[dim] if dim in dims else 0]
+    return F.pad(t, widths)
+
+
 def _build(
     setups: list[RunSetup], data: list[TrainSet], w0: list[torch.Tensor], device, dtype
 ) -> _Batch:
-    def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
-        return torch.stack(tensors).to(device=device, dtype=dtype)
+    def stack(tensors: list[torch.Tensor], dims: tuple[int, ...] = ()) -> torch.Tensor:
+        padded = [_padded(t, n, dims) for t in tensors]
+        return torch.stack(padded).to(device=device, dtype=dtype)
 
-    gram_form = uses_gram_form(setups[0].cell.n, setups[0].cell.d)
-    z0 = stack([w @ t.x.T for w, t in zip(w0, data, strict=True)])
     cells = [s.cell for s in setups]
+    n = max(c.n for c in cells)
+    gram_form = uses_gram_form(cells[0].n, cells[0].d)
+    y = stack([t.y for t in data], (0,))
+    lr = torch.tensor([c.lr for c in cells], device=device, dtype=dtype).view(-1, 1)
+    real = stack([torch.ones(c.n) for c in cells], (0,)) > 0
     return _Batch(
         ids=torch.arange(len(setups), device=device),
-        z0=z0,
+        z0=(z0 := stack([w @ t.x.T for w, t in zip(w0, data, strict=True)], (1,))),
         z=z0.clone(),
         c=torch.zeros_like(z0),
-        gram=stack([t.x @ t.x.T for t in data]) if gram_form else None,
+        gram=stack([t.x @ t.x.T for t in data], (0, 1)) if gram_form else None,
         x=None if gram_form else stack([t.x for t in data]),
         w=None if gram_form else stack(w0),
-        y=stack([t.y for t in data]),
-        alpha=cells[0].alpha,
-        lr=torch.tensor([c.lr for c in cells], device=device, dtype=dtype).view(-1, 1),
-        to_zero_loss=torch.tensor([c.stop == "zero_loss" for c in cells], device=device),
+        y=y,
+        lr_y=lr * y,
+        pad=torch.zeros_like(y).masked_fill_(~real, float("inf")),
         max_steps=torch.tensor([c.max_steps for c in cells], device=device),
+        alpha=cells[0].alpha,
     )
 
 
@@ -108,8 +125,8 @@ def _active_columns(active: torch.Tensor, k: int) -> torch.Tensor:
 
 def _step(b: _Batch, a: torch.Tensor, yf: torch.Tensor) -> None:
     """One GD step for every run in the batch (finished runs were removed before)."""
-    active = yf < 1  # (B, n): only these points have a hinge subgradient
-    coef = b.lr * b.y * active  # (B, n); zero off the active set
+    active = yf < 1  # (B, n): only these points have a hinge subgradient (never padding)
+    coef = b.lr_y * active  # (B, n); zero off the active set
     n = active.shape[1]
     k = int(active.sum(1).max())
     if b.gram is not None and 2 * k < n:
@@ -141,7 +158,7 @@ def _weights(b: _Batch, row: int, w0: torch.Tensor, train: TrainSet) -> torch.Te
     if b.w is not None:
         return b.w[row].double()
     x = train.x.to(b.c.device)
-    return w0.to(b.c.device) + b.c[row].double() @ x
+    return w0.to(b.c.device) + b.c[row, :, : x.shape[0]].double() @ x
 
 
 def _weight_norms(b: _Batch, w0_sq: torch.Tensor) -> torch.Tensor:
@@ -153,9 +170,9 @@ def _weight_norms(b: _Batch, w0_sq: torch.Tensor) -> torch.Tensor:
     return (w0_sq[b.ids] + 2 * cross + quad).clamp(min=0).sqrt()
 
 
-def _stop_reason(reached: bool, to_zero_loss: bool, out_of_steps: bool, cancelled: bool) -> str:
+def _stop_reason(reached: bool, rule: str, out_of_steps: bool, cancelled: bool) -> str:
     if reached:
-        return "zero_loss" if to_zero_loss else "interpolated"
+        return "zero_loss" if rule == "zero_loss" else "interpolated"
     return "max_steps" if out_of_steps or not cancelled else "cancelled"
 
 
@@ -180,12 +197,13 @@ def train_batch(
     trajectories: list[list[dict[str, float]] | None] = [
         [] if record_every else None for _ in setups
     ]
+    min_max_steps = min(s.cell.max_steps for s in setups)
     last_poll = time.monotonic()
     step = 0
     cancelled = False
 
-    def finish(rows: torch.Tensor, f: torch.Tensor, reasons: list[str]) -> None:
-        for row, reason in zip(rows.tolist(), reasons, strict=True):
+    def finish(rows: list[int], f: torch.Tensor, reasons: list[str]) -> None:
+        for row, reason in zip(rows, reasons, strict=True):
             i = int(b.ids[row])
             setup = setups[i]
             run = run_result(
@@ -193,7 +211,7 @@ def train_batch(
                 setup.seed,
                 data[i],
                 _weights(b, row, w0[i], data[i]),
-                f[row],
+                f[row, : setup.cell.n],
                 step,
                 reason,
                 max_margin_baseline=max_margin_baseline,
@@ -204,16 +222,19 @@ def train_batch(
         if on_runs_done:
             on_runs_done(len(reasons))
 
+    rule = setups[0].cell.stop  # one stop rule per batch (part of the shape key)
     while b.ids.numel():
         f = _outputs(b, a)
-        yf = b.y * f
+        yf = b.y * f + b.pad  # padded points: +inf, always satisfied, never active
         if record_every and step % record_every == 0:
             norms = _weight_norms(b, w0_sq).tolist()
             for row, i in enumerate(b.ids.tolist()):
-                fit = fit_metrics(b.y[row], f[row])
+                n = setups[i].cell.n
+                fit = fit_metrics(b.y[row, :n], f[row, :n])
                 trajectories[i].append(trajectory_point(step, fit, norms[row]))
-        reached = torch.where(b.to_zero_loss, (yf >= 1).all(1), (yf > 0).all(1))
-        out_of_steps = b.max_steps <= step
+        reached = (yf >= 1).all(1) if rule == "zero_loss" else (yf > 0).all(1)
+        # Comparing against max_steps costs a kernel launch a step; only needed near the end.
+        out_of_steps = b.max_steps <= step if step >= min_max_steps else torch.zeros_like(reached)
         stopped = reached | out_of_steps
         cancel_now = False
         if should_cancel is not None and time.monotonic() - last_poll >= CANCEL_POLL_SECONDS:
@@ -224,15 +245,10 @@ def train_batch(
         if bool(stopped.any()):
             rows = stopped.nonzero().flatten()
             reasons = [
-                _stop_reason(r, zl, s, cancel_now)
-                for r, zl, s in zip(
-                    reached[rows].tolist(),
-                    b.to_zero_loss[rows].tolist(),
-                    out_of_steps[rows].tolist(),
-                    strict=True,
-                )
+                _stop_reason(r, rule, s, cancel_now)
+                for r, s in zip(reached[rows].tolist(), out_of_steps[rows].tolist(), strict=True)
             ]
-            finish(rows, f, reasons)
+            finish(rows.tolist(), f, reasons)
             if cancel_now:
                 cancelled = True
                 break
