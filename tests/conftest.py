@@ -16,9 +16,6 @@ from bolab.client import LabClient
 from bolab.stack import ApiServer, RedisServer, WorkerProcess
 from worker.store import JobStore
 
-# Tiny experiments: a job of this size trains in well under a second on a 2-core CPU.
-TINY = {"n": 20, "d": 40, "width": 16, "n_test": 200, "max_steps": 2000, "seeds": 2}
-
 
 @pytest.fixture(scope="session")
 def lab_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from bolab.cli import app
 from bolab.client import LabClient
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bolab.client import LabClient
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -8,8 +8,7 @@ import io
 import pytest
 
 from bolab.client import LabClient, LabError
-from tests.conftest import TINY
-from tests.helpers import assert_numbers_equal, eventually
+from tests.helpers import TINY, assert_numbers_equal, eventually
 
 pytestmark = pytest.mark.timeout(120)
 

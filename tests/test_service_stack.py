@@ -12,8 +12,7 @@ import pytest
 
 from bolab.client import LabClient
 from bolab.stack import BOLAB, free_port, port_free
-from tests.conftest import TINY
-from tests.helpers import eventually
+from tests.helpers import TINY, eventually
 
 pytestmark = pytest.mark.timeout(120)
 
