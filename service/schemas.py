@@ -146,6 +146,7 @@ class JobResult(BaseModel):
                     },
                 }
             ],
+            "axes": [],
             "engine": {
                 "version": "0.1.0",
                 "torch": "2.13.0",
@@ -157,6 +158,7 @@ class JobResult(BaseModel):
     )
 
     cells: list[dict[str, Any]] = Field(description="one entry per grid cell, in grid order")
+    axes: list[str] = Field(description="the swept grid axes, in grid order")
     engine: dict[str, Any] | None = Field(description="null when the job did not finish")
 
 

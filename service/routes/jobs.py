@@ -45,7 +45,9 @@ def _job(store: JobStore, job_id: str) -> JobRecord:
 def _result(store: JobStore, job: JobRecord) -> dict[str, Any]:
     """Succeeded jobs have full results; cancelled or failed ones keep the cells they finished."""
     if job.status == JobStatus.succeeded or (job.terminal and store.has_cells(job.id)):
-        return {"cells": store.cells(job.id), "engine": job.engine}
+        # The document `bo_engine.runner.assemble_result` builds (that module needs torch).
+        axes = list(job.spec.get("grid") or {})
+        return {"cells": store.cells(job.id), "axes": axes, "engine": job.engine}
     if job.terminal:
         raise Conflict(f"job {job.id} is {job.status.value} and finished no cell")
     raise Conflict(
@@ -167,8 +169,7 @@ def get_plot(
 
     with _plot_lock:
         try:
-            # Name the swept axes, as `bolab plot` knows them from the spec.
-            png = figure_png({**result, "axes": list(job.spec.get("grid") or {})}, kind)
+            png = figure_png(result, kind)
         except Exception as exc:
             raise Conflict(f"job {job_id}'s results cannot be drawn: {exc}") from exc
     return Response(png, media_type="image/png")
