@@ -9,8 +9,12 @@ import logging
 
 import redis
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError
+
+from service.schemas import finite
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return _answer(exc.status_code, exc.detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes the offending input, and an input of NaN or 1e999 cannot
+        # be written as JSON: it would turn a 422 into a 500.
+        return JSONResponse({"detail": finite(jsonable_encoder(exc.errors()))}, status_code=422)
 
     @app.exception_handler(redis.RedisError)
     async def store_down(_: Request, exc: redis.RedisError) -> JSONResponse:

@@ -69,3 +69,23 @@ def test_unknown_job_is_404(lab: LabClient, method: str, path: str, job_id: str)
 def test_bad_results_format_is_422(lab: LabClient) -> None:
     job_id = lab.submit(TINY)["id"]
     assert lab.http.get(f"/v1/jobs/{job_id}/results?format=xml").status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"", "application/json"),
+        (b"\xff\xfe garbage", "application/json"),
+        (b"[" * 50_000 + b"]" * 50_000, "application/json"),
+        (b'{"n": NaN, "d": 10}', "application/json"),
+        (b'{"n": 1e999, "d": 10}', "application/json"),
+        (b'{"n": 20, "d": 40, "gamma": "0.1; drop"}', "application/json"),
+        (b'{"n": 20, "d": 40, "grid": {"n": [true, {"a": []}]}}', "application/json"),
+        (b"n=20&d=40", "application/x-www-form-urlencoded"),
+        (b'{"n": 20, "d": 40}', "text/plain"),
+    ],
+)
+def test_hostile_bodies_are_4xx(lab: LabClient, body: bytes, content_type: str) -> None:
+    response = lab.http.post("/v1/jobs", content=body, headers={"content-type": content_type})
+    assert 400 <= response.status_code < 500, response.text
+    assert "detail" in response.json()
