@@ -8,51 +8,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 import bo_engine
+from bo_engine.plan import Batch, assemble_result, plan_batches
 from bo_engine.results import summarize_cell
 from bo_engine.spec import JobSpec
 from bo_engine.train import RunSetup, train_batch
 
-# A batch bigger than this is split (by whole cells) so that one task stays short and bounded.
-MAX_RUNS_PER_BATCH = 128
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Cells (indices into `spec.cells`) that train together as one tensor program."""
-
-    index: int
-    cell_indices: tuple[int, ...]
-    runs: int
-
 
 class Cancelled(Exception):
     """Raised by `run_batch` after a cancel request; finished cells were already reported."""
-
-
-def plan_batches(spec: JobSpec, max_runs: int = MAX_RUNS_PER_BATCH) -> list[Batch]:
-    """Group cells by shape key, then cut each group into batches of at most `max_runs` runs."""
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for index, cell in enumerate(spec.cells):
-        groups.setdefault(cell.shape_key(), []).append(index)
-    batches: list[Batch] = []
-    for indices in groups.values():
-        current: list[int] = []
-        runs = 0
-        for index in indices:
-            seeds = spec.cells[index].seeds
-            if current and runs + seeds > max_runs:
-                batches.append(Batch(len(batches), tuple(current), runs))
-                current, runs = [], 0
-            current.append(index)
-            runs += seeds
-        batches.append(Batch(len(batches), tuple(current), runs))
-    return batches
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -124,13 +92,6 @@ def engine_info(device: torch.device, dtype: str, wall_seconds: float) -> dict[s
         "dtype": dtype,
         "wall_seconds": wall_seconds,
     }
-
-
-def assemble_result(
-    spec: JobSpec, cells: list[dict[str, Any]], engine: dict[str, Any]
-) -> dict[str, Any]:
-    """The result document: cells in grid order, the swept axes, and engine facts."""
-    return {"cells": sorted(cells, key=lambda c: c["index"]), "axes": spec.axes, "engine": engine}
 
 
 def run_spec(

@@ -10,19 +10,17 @@ from __future__ import annotations
 import logging
 import time
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery.signals import worker_process_init, worker_ready
 
+from bo_engine.plan import Batch, plan_batches
 from bo_engine.results import summary_rows
 from bo_engine.spec import JobSpec
 from worker import heartbeat  # noqa: F401  (connects the liveness signals in worker processes)
 from worker.celery_app import PLAN_JOB, RUN_BATCH, celery_app
 from worker.settings import get_settings
 from worker.store import JobStore
-
-if TYPE_CHECKING:
-    from bo_engine.runner import Batch
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +51,6 @@ def store() -> JobStore:
 def _planned(job_id: str, spec_json: str) -> tuple[JobSpec, list[Batch]]:
     # A job's spec never changes once stored, so the parsed spec and its plan can be reused
     # by every batch of the job that this process runs.
-    from bo_engine.runner import plan_batches
-
     spec = JobSpec.model_validate_json(spec_json)
     return spec, plan_batches(spec)
 

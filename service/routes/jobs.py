@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import JSONResponse
 
+from bo_engine.plan import assemble_result
 from bo_engine.results import cells_to_csv
 from bo_engine.spec import JobSpec
 from service.deps import EnqueueDep, StoreDep
@@ -45,9 +46,8 @@ def _job(store: JobStore, job_id: str) -> JobRecord:
 def _result(store: JobStore, job: JobRecord) -> dict[str, Any]:
     """Succeeded jobs have full results; cancelled or failed ones keep the cells they finished."""
     if job.status == JobStatus.succeeded or (job.terminal and store.has_cells(job.id)):
-        # The document `bo_engine.runner.assemble_result` builds (that module needs torch).
-        axes = list(job.spec.get("grid") or {})
-        return {"cells": store.cells(job.id), "axes": axes, "engine": job.engine}
+        spec = JobSpec.model_validate(job.spec)
+        return assemble_result(spec, store.cells(job.id), job.engine)
     if job.terminal:
         raise Conflict(f"job {job.id} is {job.status.value} and finished no cell")
     raise Conflict(
