@@ -158,8 +158,12 @@ class JobSpec(BaseModel):
     d: int | None = Field(None, ge=1, description="input dimension (required here or as an axis)")
     width: int = Field(64, ge=2, description="hidden units, even")
     gamma: float = Field(0.1, ge=0, lt=1, description="signal strength, in [0, 1)")
-    corruption_rate: float = Field(
-        DEFAULT_CORRUPTION_RATE, ge=0, lt=0.5, description="probability a training label flips"
+    corruption_rate: float | None = Field(
+        None,
+        ge=0,
+        lt=0.5,
+        description=f"probability a training label flips; {DEFAULT_CORRUPTION_RATE} unless "
+        "num_corrupt is set",
     )
     num_corrupt: int | None = Field(
         None, ge=0, description="exactly this many labels flip (k < n/2); excludes corruption_rate"
@@ -189,7 +193,7 @@ class JobSpec(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _one_corruption_field(cls, data: Any) -> Any:
-        # corruption_rate has a default, so "both set" means both given by the user.
+        # Both given by the user (a null corruption_rate is the default, not a choice).
         if isinstance(data, dict):
             given = {k for k in ("corruption_rate", "num_corrupt") if data.get(k) is not None}
             grid = data.get("grid")
@@ -217,6 +221,15 @@ class JobSpec(BaseModel):
             if a in grid and b in grid:
                 raise ValueError(f"grid: axes {a!r} and {b!r} both set {a}; keep one")
         return grid
+
+    @model_validator(mode="after")
+    def _default_corruption(self) -> JobSpec:
+        # The default applies only where num_corrupt is not used, so that a spec's own JSON
+        # (defaults included) validates back to the same spec.
+        uses_count = self.num_corrupt is not None or "num_corrupt" in (self.grid or {})
+        if self.corruption_rate is None and not uses_count:
+            self.corruption_rate = DEFAULT_CORRUPTION_RATE
+        return self
 
     @model_validator(mode="after")
     def _cells_resolve(self) -> JobSpec:

@@ -188,7 +188,13 @@ def train_batch(
     on_runs_done: Callable[[int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> bool:
-    """Train all runs to their stop rule; report each via `on_run_done`. True if cancelled."""
+    """Train all runs to their stop rule; report each via `on_run_done`. True if cancelled.
+
+    The runs must share a shape key (`Cell.shape_key`): one width, alpha and stop rule.
+    """
+    keys = {s.cell.shape_key() for s in setups}
+    if len(keys) != 1:
+        raise ValueError(f"runs of one batch must share a shape key; got {sorted(map(str, keys))}")
     data = [make_train_set(s.cell, s.seed) for s in setups]
     w0 = [init_weights(s.cell, s.seed) for s in setups]
     b = _build(setups, data, w0, device, dtype)
