@@ -1,0 +1,103 @@
+"""`GET /v1/jobs/{id}/events`: the job's event log as Server-Sent Events.
+
+Served from the job's Redis Stream (`worker.events`) with XREAD BLOCK: each SSE event carries
+the stream entry id as `id:`, so `Last-Event-ID` (sent by browsers on reconnect, or by any
+client) resumes right after the last event seen, with nothing lost or repeated. The stream
+closes after the `end` event. Should a process die between a job's terminal status and its
+`end` event, the route notices the terminal status on its next idle beat and ends anyway.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi.responses import StreamingResponse
+
+from service.auth import CallerDep
+from service.errors import JobNotFound
+from service.schemas import ErrorBody, finite
+from worker import events, keys
+from worker.settings import get_settings
+from worker.store import TERMINAL
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+EVENT_ID = r"^[0-9]{1,20}-[0-9]{1,20}$"
+EXAMPLE = (
+    'retry: 1000\n\nid: 1735732800000-0\nevent: status\ndata: {"status":"queued"}\n\n'
+    'id: 1735732800150-0\nevent: progress\ndata: {"runs_done":5,"runs_total":10,"fraction":0.5}'
+    '\n\nid: 1735732800400-0\nevent: cell\ndata: {"index":0,"n":50,"test_error_mean":0.01}\n\n'
+    'id: 1735732800900-0\nevent: end\ndata: {"status":"succeeded","error":null,...}\n\n'
+)
+
+
+def _sse(entry_id: str, kind: str, data: str) -> str:
+    # Python's json reads the NaN a metric may hold; browsers' JSON.parse would not.
+    text = json.dumps(finite(json.loads(data)), separators=(",", ":"))
+    return f"id: {entry_id}\nevent: {kind}\ndata: {text}\n\n"
+
+
+async def _follow(request: Request, job_id: str, after: str) -> AsyncIterator[str]:
+    client = request.app.state.aredis
+    keepalive_ms = int(get_settings().sse_keepalive_s * 1000)
+    yield "retry: 1000\n\n"  # browsers reconnect after 1 s, sending Last-Event-ID
+    last = after
+    while True:
+        reply = await client.xread({keys.events(job_id): last}, count=200, block=keepalive_ms)
+        for _, entries in reply or []:
+            for entry_id, fields in entries:
+                last = entry_id
+                yield _sse(entry_id, fields["event"], fields["data"])
+                if fields["event"] == events.END:
+                    return
+        if reply:
+            continue
+        raw = await client.hgetall(keys.job(job_id))
+        if not raw or raw.get("status") in TERMINAL:  # ended without an end event (see above)
+            end = {"status": raw.get("status", "unknown"), "error": raw.get("error") or None}
+            yield _sse(last, events.END, json.dumps(end))
+            return
+        yield ": keep-alive\n\n"  # proxies and clients see the connection is alive
+
+
+@router.get(
+    "/{job_id}/events",
+    summary="Job events (SSE)",
+    description="Server-Sent Events: `status` (queued, running), `progress` (runs done), `cell` "
+    "(each cell's summary row as it finishes), then `end` (the terminal status) and the stream "
+    "closes. Every event has an `id:`; send the last one as `Last-Event-ID` (header, or the "
+    "`last_event_id` query parameter) to resume after it without loss. Without it the stream "
+    "starts at the job's first event.",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/event-stream": {"example": EXAMPLE}}},
+        404: {"model": ErrorBody, "description": "no job with this id"},
+    },
+)
+async def job_events(
+    request: Request,
+    caller: CallerDep,
+    job_id: Annotated[str, Path(description="job id, as returned by POST /v1/jobs")],
+    last_event_id: Annotated[
+        str | None, Header(alias="Last-Event-ID", pattern=EVENT_ID, description="resume after")
+    ] = None,
+    after: Annotated[
+        str | None,
+        Query(
+            alias="last_event_id",
+            pattern=EVENT_ID,
+            description="same, for clients that cannot set headers",
+        ),
+    ] = None,
+) -> StreamingResponse:
+    owner = await request.app.state.aredis.hget(keys.job(job_id), "owner")
+    if owner is None or not caller.may_see(owner):
+        raise JobNotFound(job_id)
+    return StreamingResponse(
+        _follow(request, job_id, last_event_id or after or "0-0"),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,102 @@
+"""A job's event log: a Redis Stream per job that `GET /v1/jobs/{id}/events` serves as SSE.
+
+Kinds: `status` (queued, running), `progress` (runs done), `cell` (a finished cell's summary
+row), `end` (the terminal status; always the last event). Entry ids are the stream's own
+(`1700000000000-0`): increasing, so a client that sends the last id it saw as `Last-Event-ID`
+resumes right after it without loss. `job_ended` runs once per job, from whichever process made
+the terminal transition: it writes the `end` event, the finished-job metrics and queues the
+webhook, in one pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+from worker import keys, logs, metrics
+
+STATUS, PROGRESS, CELL, END = "status", "progress", "cell", "end"
+# Bounds a job's log (progress events come at most a few per second per batch); a job long
+# enough to overflow it still keeps its newest events and every record in the job store.
+MAX_EVENTS = 20_000
+
+
+def emit(client: metrics.Client, job_id: str, kind: str, data: dict[str, Any]) -> None:
+    client.xadd(
+        keys.events(job_id),
+        {"event": kind, "data": json.dumps(data, separators=(",", ":"))},
+        maxlen=MAX_EVENTS,
+        approximate=True,
+    )
+
+
+def progress_data(runs_done: int, runs_total: int) -> dict[str, Any]:
+    done = min(runs_done, runs_total)
+    return {
+        "runs_done": done,
+        "runs_total": runs_total,
+        "fraction": done / runs_total if runs_total else 1.0,
+    }
+
+
+def job_ended(client: redis.Redis, job_id: str) -> None:
+    """The job just reached a terminal status: final event, metrics, webhook, log line."""
+    raw = client.hgetall(keys.job(job_id))
+    if not raw:
+        return
+    runs_done = sum(int(v) for v in client.hvals(keys.progress(job_id)))
+    status, queue = raw["status"], raw.get("queue", "cpu")
+    finished = float(raw.get("finished_at") or time.time())
+    duration = max(0.0, finished - float(raw["created_at"]))
+    pipe = client.pipeline(transaction=True)
+    emit(
+        pipe,
+        job_id,
+        END,
+        {
+            "status": status,
+            "error": raw.get("error") or None,
+            "finished_at": finished,
+            "progress": progress_data(runs_done, int(raw["runs_total"])),
+        },
+    )
+    metrics.inc(pipe, "jobs_finished_total", {"status": status, "queue": queue})
+    metrics.observe(pipe, "job_duration_seconds", {"status": status}, duration)
+    if raw.get("notify_url"):
+        pipe.zadd(keys.WEBHOOKS_DUE, {job_id: time.time()})
+    pipe.execute()
+    logs.event(
+        "job.finished",
+        job_id=job_id,
+        owner=raw.get("owner", ""),
+        status=status,
+        queue=queue,
+        seconds=round(duration, 3),
+        error=raw.get("error") or None,
+    )
+
+
+def cell_done(
+    client: redis.Redis,
+    job_id: str,
+    queue: str,
+    cell: dict[str, Any],
+    row: dict[str, Any],
+    batch_seconds: float,
+) -> None:
+    """A cell finished: its `cell` event, and its runs and GD steps in the training metrics.
+
+    Runs of a batch train together as one tensor program, so a run's duration is the time from
+    its batch's start until its cell finished.
+    """
+    runs = cell["runs"]
+    steps = sum(int(run.get("steps", 0)) for run in runs)
+    pipe = client.pipeline(transaction=False)
+    emit(pipe, job_id, CELL, row)
+    metrics.inc(pipe, "runs_trained_total", {"queue": queue}, len(runs))
+    metrics.inc(pipe, "gd_steps_total", {"queue": queue}, steps)
+    metrics.observe(pipe, "run_duration_seconds", {"queue": queue}, batch_seconds, len(runs))
+    pipe.execute()
