@@ -1,0 +1,263 @@
+"""Both stopping rules and the step budget, on hand-made data and on the data model.
+
+zero_train_error stops after the first step at which every y_i f(x_i) > 0; zero_loss after the
+first step at which every y_i f(x_i) >= 1; either way at most max_steps steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+import bo_engine.train as train_mod
+from bo_engine.data import TrainSet
+from bo_engine.model import network_output
+from bo_engine.spec import Cell, JobSpec, TheoryRule
+from bo_engine.train import RunSetup, train_batch
+
+F64 = torch.float64
+
+
+def run(setups: list[RunSetup], dtype=F64) -> dict[int, dict[str, Any]]:
+    """Train a batch; results by the setup's cell_index (used here as a run label)."""
+    results: dict[int, dict[str, Any]] = {}
+    train_batch(
+        setups,
+        device=torch.device("cpu"),
+        dtype=dtype,
+        record_every=None,
+        max_margin_baseline=False,
+        theory=TheoryRule(),
+        on_run_done=lambda setup, result: results.__setitem__(setup.cell_index, result),
+    )
+    assert len(results) == len(setups)
+    return results
+
+
+# --- hand-made data --------------------------------------------------------------------------
+#
+# d = 1, width 2, alpha = 1: the network is linear, f(x) = u x with u = w_0 - w_1. The points are
+# copies of x = +1 (y = +1) and x = -1 (y = -1), so y_i f(x_i) = u for every point, and one GD
+# step adds 2 lr * sum_i |x_i| = 1/2 to u (lr chosen so). From u = -1 the margins are
+# -1, -1/2, 0, 1/2, 1 at steps 0..4, all exact in binary floating point: y f > 0 first holds at
+# step 3 (at step 2 it is exactly 0, which is not a correct classification) and y f >= 1 first
+# holds at step 4 (with equality).
+
+
+def hand_cell(n: int, stop: str, max_steps: int) -> Cell:
+    return Cell(
+        n=n,
+        d=1,
+        width=2,
+        gamma=0.5,
+        corruption_rate=0.0,
+        num_corrupt=None,
+        alpha=1.0,
+        init_scale=1.0,
+        lr=1.0 / (4 * n),
+        stop=stop,
+        max_steps=max_steps,
+        n_test=10,
+        seeds=1,
+        seed=0,
+    )
+
+
+@pytest.fixture
+def hand_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    def train_set(cell: Cell, seed: int) -> TrainSet:
+        half = cell.n // 2
+        y = torch.tensor([1.0] * half + [-1.0] * half, dtype=F64)
+        v = torch.ones(1, dtype=F64)
+        return TrainSet(y[:, None].clone(), y, y.clone(), torch.zeros(cell.n, dtype=bool), v)
+
+    def weights(cell: Cell, seed: int) -> torch.Tensor:
+        return torch.tensor([[-1.0], [0.0]], dtype=F64)
+
+    monkeypatch.setattr(train_mod, "make_train_set", train_set)
+    monkeypatch.setattr(train_mod, "init_weights", weights)
+
+
+# (stop, max_steps) -> (steps, stop_reason, margin); n = 2 is the Gram form, n = 8 the plain.
+HAND_CASES = {
+    ("zero_train_error", 1000): (3, "interpolated", 0.5),
+    ("zero_train_error", 3): (3, "interpolated", 0.5),  # reached exactly at the budget
+    ("zero_train_error", 2): (2, "max_steps", 0.0),
+    ("zero_train_error", 1): (1, "max_steps", -0.5),
+    ("zero_loss", 1000): (4, "zero_loss", 1.0),
+    ("zero_loss", 3): (3, "max_steps", 0.5),
+}
+
+
+@pytest.mark.usefixtures("hand_data")
+@pytest.mark.parametrize("n", [2, 8])
+@pytest.mark.parametrize("stop", ["zero_train_error", "zero_loss"])
+def test_hand_made_step_counts(n: int, stop: str) -> None:
+    # The cases of one rule share a batch: runs with different budgets leave it at their own step.
+    cases = [(budget, want) for (rule, budget), want in HAND_CASES.items() if rule == stop]
+    setups = [RunSetup(i, hand_cell(n, stop, budget), 0) for i, (budget, _) in enumerate(cases)]
+    results = run(setups)
+    for i, (budget, (steps, reason, margin)) in enumerate(cases):
+        r = results[i]
+        assert (r["steps"], r["stop_reason"], r["margin"]) == (steps, reason, margin), budget
+        assert r["interpolated"] == (margin > 0)
+        assert r["zero_loss"] == (margin >= 1)
+        assert r["train_error"] == (0.0 if margin > 0 else 1.0)
+        assert r["train_loss"] == pytest.approx(n * max(0.0, 1 - margin), abs=1e-15)
+        # W = [[-1 + s/4], [-s/4]] after s steps.
+        assert r["weight_norm"] == pytest.approx(((steps / 4 - 1) ** 2 + (steps / 4) ** 2) ** 0.5)
+
+
+@pytest.mark.usefixtures("hand_data")
+def test_mixed_stop_rules_in_one_batch_are_honoured_or_refused() -> None:
+    """`train_batch` trains "all runs to their stop rule". Given runs with different rules it
+    must apply each run's own rule, or refuse the batch; never apply one run's rule to all."""
+    setups = [
+        RunSetup(0, hand_cell(2, "zero_train_error", 1000), 0),
+        RunSetup(1, hand_cell(2, "zero_loss", 1000), 0),
+    ]
+    try:
+        results = run(setups)
+    except ValueError:
+        return
+    assert (results[0]["steps"], results[0]["stop_reason"]) == (3, "interpolated")
+    assert (results[1]["steps"], results[1]["stop_reason"]) == (4, "zero_loss")
+
+
+# --- the data model ----------------------------------------------------------------------------
+
+
+def capture(monkeypatch: pytest.MonkeyPatch) -> dict[int, tuple[torch.Tensor, TrainSet]]:
+    """W and the training set of each finished run, by cell_index label (via the seed)."""
+    seen: dict[int, tuple[torch.Tensor, TrainSet]] = {}
+    real = train_mod.run_result
+
+    def spy(cell, seed, train, w, *args, **kwargs):
+        seen[seed] = (w.clone(), train)
+        return real(cell, seed, train, w, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "run_result", spy)
+    return seen
+
+
+def data_cell(d: int, stop: str, max_steps: int) -> Cell:
+    """n = 16. With d = 40 one label is flipped (the network must memorise it); with d = 3 none
+    is, so the data are linearly separable (<x_i, v> = sqrt(gamma) t_i) and small steps make a
+    run take a few of them."""
+    noisy = d >= 16
+    return JobSpec(
+        n=16,
+        d=d,
+        width=6,
+        gamma=0.2,
+        num_corrupt=1 if noisy else 0,
+        lr=(1.0 if noisy else 0.2) / (6 * 16),
+        n_test=10,
+        stop=stop,
+        max_steps=max_steps,
+    ).cells[0]
+
+
+def margins(w: torch.Tensor, train: TrainSet, alpha: float) -> torch.Tensor:
+    return train.y * network_output(w, train.x, alpha)
+
+
+@pytest.mark.parametrize("d", [40, 3])  # Gram form, plain form
+@pytest.mark.parametrize("stop", ["zero_train_error", "zero_loss"])
+def test_stops_at_the_first_step_the_rule_holds(monkeypatch, d: int, stop: str) -> None:
+    seen = capture(monkeypatch)
+    seeds = [0, 1, 2]
+    full = run([RunSetup(s, data_cell(d, stop, 100_000), s) for s in seeds])
+    holds = (
+        (lambda m: bool((m > 0).all()))
+        if stop == "zero_train_error"
+        else (lambda m: bool((m >= 1).all()))
+    )
+    reason = "interpolated" if stop == "zero_train_error" else "zero_loss"
+    for s in seeds:
+        r = full[s]
+        assert r["stop_reason"] == reason and r["steps"] > 1
+        w, train = seen[s]
+        assert holds(margins(w, train, 0.1))  # the rule holds at the end, on the explicit W
+        assert r["train_error"] == 0.0 and r["interpolated"]
+        assert r["zero_loss"] == (stop == "zero_loss")
+    # One step earlier the rule did not hold yet: rerun each with max_steps = steps - 1.
+    before = run([RunSetup(s, data_cell(d, stop, full[s]["steps"] - 1), s) for s in seeds])
+    for s in seeds:
+        r = before[s]
+        assert r["stop_reason"] == "max_steps" and r["steps"] == full[s]["steps"] - 1
+        w, train = seen[s]
+        assert not holds(margins(w, train, 0.1))
+        if stop == "zero_train_error":
+            assert r["train_error"] > 0 and not r["interpolated"]
+        else:
+            assert r["margin"] < 1 and not r["zero_loss"] and r["train_loss"] > 0
+
+
+def test_zero_loss_takes_longer_than_zero_train_error() -> None:
+    a = run([RunSetup(0, data_cell(40, "zero_train_error", 100_000), 0)])[0]
+    b = run([RunSetup(0, data_cell(40, "zero_loss", 100_000), 0)])[0]
+    assert b["steps"] > a["steps"]
+
+
+@pytest.mark.parametrize("d", [40, 3])
+def test_max_steps_is_honoured(d: int) -> None:
+    results = run([RunSetup(s, data_cell(d, "zero_loss", 5 + s), s) for s in range(3)])
+    for s in range(3):
+        assert results[s]["steps"] == 5 + s
+        assert results[s]["stop_reason"] == "max_steps"
+        assert not results[s]["zero_loss"]
+
+
+def test_a_run_alone_stops_where_it_stops_in_a_batch() -> None:
+    setups = [RunSetup(s, data_cell(40, "zero_train_error", 100_000), s) for s in range(4)]
+    together = run(setups)
+    for setup in setups:
+        alone = run([setup])[setup.cell_index]
+        assert alone["steps"] == together[setup.cell_index]["steps"]
+        assert alone["margin"] == pytest.approx(together[setup.cell_index]["margin"], rel=1e-9)
+
+
+@pytest.mark.usefixtures("hand_data")
+def test_trajectory_on_hand_made_data() -> None:
+    """record_every = 2: points at steps 0, 2, 4 (the last step), from the exact margins."""
+    results: dict[int, dict[str, Any]] = {}
+    train_batch(
+        [RunSetup(0, hand_cell(2, "zero_loss", 1000), 0)],
+        device=torch.device("cpu"),
+        dtype=F64,
+        record_every=2,
+        max_margin_baseline=False,
+        theory=TheoryRule(),
+        on_run_done=lambda setup, result: results.__setitem__(0, result),
+    )
+    trajectory = results[0]["trajectory"]
+    assert [p["step"] for p in trajectory] == [0, 2, 4]
+    for point, margin in zip(trajectory, [-1.0, 0.0, 1.0], strict=True):
+        s = point["step"]
+        norm = ((s / 4 - 1) ** 2 + (s / 4) ** 2) ** 0.5
+        assert point["margin"] == margin
+        assert point["train_loss"] == 2 * (1 - margin)
+        assert point["train_error"] == (0.0 if margin > 0 else 1.0)
+        assert point["weight_norm"] == pytest.approx(norm, rel=1e-12)
+        assert point["normalized_margin"] == pytest.approx(margin / norm, rel=1e-12, abs=1e-15)
+
+
+def test_cancel_stops_every_run_with_reason_cancelled(monkeypatch) -> None:
+    monkeypatch.setattr(train_mod, "CANCEL_POLL_SECONDS", 0.0)
+    results: dict[int, dict[str, Any]] = {}
+    cancelled = train_batch(
+        [RunSetup(s, data_cell(40, "zero_loss", 100_000), s) for s in range(2)],
+        device=torch.device("cpu"),
+        dtype=F64,
+        record_every=None,
+        max_margin_baseline=False,
+        theory=TheoryRule(),
+        on_run_done=lambda setup, result: results.__setitem__(setup.cell_index, result),
+        should_cancel=lambda: True,
+    )
+    assert cancelled is True
+    assert [results[s]["stop_reason"] for s in range(2)] == ["cancelled", "cancelled"]
+    assert all(results[s]["steps"] < 100_000 for s in range(2))
