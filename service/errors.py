@@ -22,9 +22,10 @@ log = logging.getLogger(__name__)
 class ApiError(Exception):
     status_code = 400
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.headers = headers or {}
 
 
 class JobNotFound(ApiError):
@@ -42,14 +43,22 @@ class Unavailable(ApiError):
     status_code = 503
 
 
-def _answer(status_code: int, detail: str) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status_code)
+class TooManyJobs(ApiError):
+    status_code = 429
+
+
+class TooLarge(ApiError):
+    status_code = 413
+
+
+def _answer(status_code: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return _answer(exc.status_code, exc.detail)
+        return _answer(exc.status_code, exc.detail, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -11,8 +11,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import bo_engine
-from service import errors
-from service.routes import health, jobs
+from service import errors, live, metrics
+from service.limits import BodyLimit
+from service.routes import events, health, jobs, ui
 from worker.settings import Settings, get_settings
 from worker.store import JobStore
 
@@ -24,7 +25,8 @@ networks with gradient descent on the hinge loss; results are kept in Redis.
 
 TAGS = [
     {"name": "jobs", "description": "Submit, follow, fetch and cancel experiment jobs."},
-    {"name": "health", "description": "Probes for orchestration."},
+    {"name": "health", "description": "Probes for orchestration, and Prometheus metrics."},
+    {"name": "ui", "description": "What the web page at /ui reads besides the job routes."},
 ]
 
 
@@ -34,7 +36,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.store = JobStore.from_url(settings.redis_url)
-        yield
+        async with live.running(app, settings):  # event streams, /metrics, webhooks
+            yield
         app.state.store.redis.close()
 
     app = FastAPI(
@@ -45,8 +48,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    metrics.install(app)  # outermost: counts every answer, 413s included
     app.include_router(jobs.router)
+    app.include_router(events.router)
     app.include_router(health.router)
+    ui.install(app)
     return app
 
 

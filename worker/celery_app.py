@@ -35,6 +35,10 @@ def make_celery() -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # Backstops for a batch stuck outside the training loop (prefork pools only); the
+        # batch's lease (worker.reaper) normally stops it first, through the cancel callback.
+        task_soft_time_limit=settings.batch_time_limit_s + 2 * settings.lease_ttl_s + 30,
+        task_time_limit=settings.batch_time_limit_s + 2 * settings.lease_ttl_s + 90,
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         broker_connection_retry_on_startup=True,
         # Each queue its own exchange and key: a bare Queue(name) would inherit the default

@@ -10,6 +10,18 @@
     bolab:job:{id}:cancel         str   present when a cancel was requested
     bolab:workers                 zset  worker name -> unix time of its last heartbeat
     bolab:worker:{name}           hash  queues, pid, host of a live worker (expires)
+    bolab:jobs:owner:{owner}      zset  that owner's job ids (and `...:{status}` per status)
+    bolab:idem:{owner}:{sha256}   str   "body-hash job-id" of an Idempotency-Key (expires)
+    bolab:job:{id}:lease:{unit}   str   held while a worker runs unit "plan" or a batch index;
+                                        refreshed by that worker, expires when it dies
+    bolab:job:{id}:attempts       hash  unit -> deliveries started (the reaper gives up at a max)
+    bolab:reaper                  str   lock: the one reaper that acts now (expires)
+    bolab:job:{id}:events         stream  the job's event log for SSE (status, progress, cell, end)
+    bolab:metrics:counters        hash  "name|label=value,..." -> counter value (all processes)
+    bolab:metrics:hist:{name}     hash  "label=value,...|le" -> observations in that bucket,
+                                        "...|sum" and "...|count" (buckets not cumulative)
+    bolab:webhooks:due            zset  job id -> unix time its webhook delivery is next due
+    bolab:webhooks:attempts       hash  job id -> delivery attempts made so far
 
 Per-batch hashes keep progress idempotent: a re-delivered batch overwrites its own fields
 instead of adding to a counter twice. Celery's broker keys (`celery`, `_kombu.*`, `unacked*`)
@@ -53,3 +65,36 @@ def cancel(job_id: str) -> str:
 
 def worker(name: str) -> str:
     return f"{PREFIX}:worker:{name}"
+
+
+def owner_jobs(owner: str, status: str | None = None) -> str:
+    base = f"{JOBS}:owner:{owner}"
+    return f"{base}:{status}" if status else base
+
+
+def idempotency(owner: str, key_hash: str) -> str:
+    return f"{PREFIX}:idem:{owner}:{key_hash}"
+
+
+def lease(job_id: str, unit: str) -> str:
+    return f"{job(job_id)}:lease:{unit}"
+
+
+def attempts(job_id: str) -> str:
+    return f"{job(job_id)}:attempts"
+
+
+REAPER_LOCK = f"{PREFIX}:reaper"
+
+
+def events(job_id: str) -> str:
+    return f"{job(job_id)}:events"
+
+
+METRIC_COUNTERS = f"{PREFIX}:metrics:counters"
+WEBHOOKS_DUE = f"{PREFIX}:webhooks:due"
+WEBHOOK_ATTEMPTS = f"{PREFIX}:webhooks:attempts"
+
+
+def metric_histogram(name: str) -> str:
+    return f"{PREFIX}:metrics:hist:{name}"

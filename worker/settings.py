@@ -31,6 +31,46 @@ class Settings(BaseSettings):
     worker_ttl_s: float = Field(15.0, gt=0)
     list_limit_max: int = Field(200, ge=1)
 
+    # --- reliability and security (see service.auth, service.limits, worker.reaper) ---------
+    api_keys: str = Field(
+        "", description="'owner:role:sha256hex' entries, comma-separated (`bolab keys add`)"
+    )
+    keys_file: Path | None = Field(None, description="file of such entries, one per line")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies: 413")
+    max_n: int = Field(5000, ge=2)
+    max_d: int = Field(100_000, ge=1)
+    max_width: int = Field(4096, ge=2)
+    max_n_test: int = Field(100_000, ge=1)
+    max_seeds: int = Field(1000, ge=1, description="seeds per cell")
+    max_cells: int = Field(10_000, ge=1, description="grid cells per job")
+    max_steps: int = Field(1_000_000_000, ge=1)
+    # Work units: multiply-adds of one GD step (width*n*n Gram form, width*n*d plain) times
+    # max_steps, summed over runs. The paper's 550-run heatmap at the default max_steps is 8e13.
+    max_cost: float = Field(1e15, gt=0, description="bound on the estimated work of a job")
+    max_batch_bytes: int = Field(8 << 30, ge=1, description="bound on one batch's tensors")
+    max_active_jobs: int = Field(100, ge=1, description="queued+running jobs per key")
+    idempotency_ttl_s: int = Field(24 * 3600, ge=60)
+    # A batch's lease lives this long unless its worker refreshes it (every third of it).
+    lease_ttl_s: float = Field(15.0, ge=1)
+    reaper_interval_s: float = Field(5.0, gt=0)
+    # A delivered task with no lease for this long is held by a dead worker: requeue it.
+    orphan_grace_s: float = Field(15.0, ge=1)
+    max_attempts: int = Field(5, ge=1, description="deliveries of a batch before its job fails")
+    batch_time_limit_s: float = Field(3600.0, ge=1, description="a batch running longer fails")
+
+    # --- dashboards and people (see service.webhooks, service.metrics) ---------------------
+    webhook_secret: str = Field(
+        "", description="HMAC-SHA256 key of webhook signatures; empty = webhooks refused"
+    )
+    webhook_allowed_hosts: str = Field(
+        "", description="comma-separated hosts notify_url may name ('*.lab.org' = subdomains)"
+    )
+    webhook_max_attempts: int = Field(5, ge=1, description="tries per webhook, then give up")
+    webhook_backoff_s: float = Field(1.0, gt=0, description="first retry delay; doubles")
+    webhook_timeout_s: float = Field(10.0, gt=0)
+    webhook_poll_s: float = Field(0.5, gt=0, description="how often the API looks for due ones")
+    sse_keepalive_s: float = Field(10.0, gt=0, description="SSE comment when nothing happens")
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -8,6 +8,7 @@ never both move a job, and a terminal status (succeeded, failed, cancelled) is n
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import time
@@ -17,7 +18,9 @@ from typing import Any
 
 import redis
 
-from worker import keys
+from worker import events, keys, logs, metrics
+
+log = logging.getLogger(__name__)
 
 
 class JobStatus(StrEnum):
@@ -46,12 +49,60 @@ end
 if not ok then return 0 end
 redis.call('ZREM', KEYS[2] .. ':' .. cur, id)
 redis.call('ZADD', KEYS[2] .. ':' .. to, 0, id)
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if owner and owner ~= '' then
+  redis.call('ZREM', KEYS[2] .. ':owner:' .. owner .. ':' .. cur, id)
+  redis.call('ZADD', KEYS[2] .. ':owner:' .. owner .. ':' .. to, 0, id)
+end
 redis.call('HSET', KEYS[1], 'status', to)
 for i = 4 + nallowed, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 return 1
 """
+
+# Atomically create a job: replay the job an idempotency key already names (KEYS[3], "" for
+# none), else refuse when the owner has ARGV[3] (> 0) or more active jobs, else write the record,
+# its indexes and the idempotency key. ARGV: id, owner, cap, body hash, key TTL, field/values.
+_CREATE = """
+local id, owner, cap = ARGV[1], ARGV[2], tonumber(ARGV[3])
+if KEYS[3] ~= '' then
+  local prev = redis.call('GET', KEYS[3])
+  if prev then return {'replay', prev} end
+end
+local mine = KEYS[2] .. ':owner:' .. owner
+if cap > 0 then
+  local active = redis.call('ZCARD', mine .. ':queued') + redis.call('ZCARD', mine .. ':running')
+  if active >= cap then return {'full', tostring(active)} end
+end
+for i = 6, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('ZADD', KEYS[2], 0, id)
+redis.call('ZADD', KEYS[2] .. ':queued', 0, id)
+redis.call('ZADD', mine, 0, id)
+redis.call('ZADD', mine .. ':queued', 0, id)
+if KEYS[3] ~= '' then
+  redis.call('SET', KEYS[3], ARGV[4] .. ' ' .. id, 'EX', tonumber(ARGV[5]))
+end
+return {'created', id}
+"""
+
+
+class QuotaFull(Exception):
+    """The owner already has `active` queued or running jobs, the most allowed."""
+
+    def __init__(self, active: int) -> None:
+        super().__init__(f"{active} active jobs")
+        self.active = active
+
+
+class IdempotentReplay(Exception):
+    """The idempotency key was used before, for job `job_id` (with the same body or not)."""
+
+    def __init__(self, job_id: str, same_body: bool) -> None:
+        super().__init__(job_id)
+        self.job_id, self.same_body = job_id, same_body
 
 
 def new_job_id() -> str:
@@ -111,6 +162,7 @@ class JobStore:
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
         self._transition = client.register_script(_TRANSITION)
+        self._create = client.register_script(_CREATE)
 
     @classmethod
     def from_url(cls, url: str) -> JobStore:
@@ -132,7 +184,12 @@ class JobStore:
         cells_total: int,
         queue: str,
         owner: str = "",
+        max_active: int = 0,
+        idempotency: tuple[str, str, int] | None = None,
     ) -> JobRecord:
+        """Store a new queued job. `max_active` > 0 caps the owner's queued+running jobs
+        (QuotaFull); `idempotency` = (key, body hash, TTL s) replays an earlier submission
+        (IdempotentReplay). Check and write are one Lua call: concurrent submits cannot race."""
         job = JobRecord(
             id=new_job_id(),
             status=JobStatus.queued,
@@ -143,24 +200,36 @@ class JobStore:
             created_at=time.time(),
             owner=owner,
         )
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(
-            keys.job(job.id),
-            mapping={
-                "id": job.id,
-                "status": job.status.value,
-                "spec": json.dumps(spec, separators=(",", ":")),
-                "queue": queue,
-                "runs_total": runs_total,
-                "cells_total": cells_total,
-                "created_at": repr(job.created_at),
-                "owner": owner,
-            },
-        )
-        pipe.zadd(keys.JOBS, {job.id: 0})
-        pipe.zadd(keys.jobs_in(job.status), {job.id: 0})
+        fields = {
+            "id": job.id,
+            "status": job.status.value,
+            "spec": json.dumps(spec, separators=(",", ":")),
+            "queue": queue,
+            "runs_total": runs_total,
+            "cells_total": cells_total,
+            "created_at": repr(job.created_at),
+            "owner": owner,
+        }
+        idem_key, body_hash, ttl = idempotency or ("", "", 0)
+        args: list[Any] = [job.id, owner, max_active, body_hash, ttl]
+        for name, value in fields.items():
+            args += [name, value]
+        outcome, value = self._create(keys=[keys.job(job.id), keys.JOBS, idem_key], args=args)
+        if outcome == "replay":
+            previous_hash, _, job_id = value.partition(" ")
+            raise IdempotentReplay(job_id, previous_hash == body_hash)
+        if outcome == "full":
+            raise QuotaFull(int(value))
+        pipe = self.redis.pipeline(transaction=False)  # the submitted counter, the first event
+        metrics.inc(pipe, "jobs_submitted_total", {"queue": queue})
+        events.emit(pipe, job.id, events.STATUS, {"status": job.status.value})
         pipe.execute()
+        logs.event("job.submitted", job_id=job.id, owner=owner, queue=queue, runs=runs_total)
         return job
+
+    def forget_idempotency(self, key: str) -> None:
+        """A submission that failed after its job was stored may be retried with its key."""
+        self.redis.delete(key)
 
     def get(self, job_id: str) -> JobRecord | None:
         raw = self.redis.hgetall(keys.job(job_id))
@@ -170,10 +239,19 @@ class JobStore:
         return self.redis.hget(keys.job(job_id), "spec")
 
     def list(
-        self, *, status: JobStatus | None = None, limit: int = 50, cursor: str | None = None
+        self,
+        *,
+        status: JobStatus | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        owner: str | None = None,
     ) -> tuple[list[JobRecord], str | None]:
-        """Newest first; `cursor` is the last id of the previous page (exclusive)."""
-        index = keys.jobs_in(status) if status else keys.JOBS
+        """Newest first; `cursor` is the last id of the previous page (exclusive). With `owner`:
+        only that owner's jobs."""
+        if owner is None:
+            index = keys.jobs_in(status) if status else keys.JOBS
+        else:
+            index = keys.owner_jobs(owner, status)
         top = f"({cursor}" if cursor else "+"
         ids = self.redis.zrevrangebylex(index, top, "-", start=0, num=limit + 1)
         page, more = ids[:limit], len(ids) > limit
@@ -189,7 +267,15 @@ class JobStore:
         args: list[Any] = [job_id, to.value, len(allowed_from), *(s.value for s in allowed_from)]
         for name, value in fields.items():
             args += [name, value if isinstance(value, str) else json.dumps(value)]
-        return bool(self._transition(keys=[keys.job(job_id), keys.JOBS], args=args))
+        moved = bool(self._transition(keys=[keys.job(job_id), keys.JOBS], args=args))
+        if moved and to in TERMINAL:
+            # Once per job: only one process wins the move to a terminal status. The move
+            # stands even if this bookkeeping fails; the SSE route then ends from the record.
+            try:
+                events.job_ended(self.redis, job_id)
+            except redis.RedisError:
+                log.warning("job %s ended but its end event was not written", job_id)
+        return moved
 
     def mark_running(self, job_id: str) -> bool:
         return self.transition(
@@ -208,6 +294,12 @@ class JobStore:
 
     def set_batches_total(self, job_id: str, total: int) -> None:
         self.redis.hset(keys.job(job_id), "batches_total", total)
+
+    def active_count(self, owner: str) -> int:
+        pipe = self.redis.pipeline(transaction=False)
+        for status in ACTIVE:
+            pipe.zcard(keys.owner_jobs(owner, status))
+        return sum(pipe.execute())
 
     # --- cancellation --------------------------------------------------------------------
 

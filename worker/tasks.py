@@ -12,13 +12,20 @@ import time
 from functools import lru_cache
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init, worker_ready
 
 from bo_engine.plan import Batch, plan_batches
 from bo_engine.results import summary_rows
 from bo_engine.spec import JobSpec
-from worker import heartbeat  # noqa: F401  (connects the liveness signals in worker processes)
+from worker import (
+    events,
+    heartbeat,  # noqa: F401  (connects the liveness signals in worker processes)
+    logs,
+    metrics,
+)
 from worker.celery_app import PLAN_JOB, RUN_BATCH, celery_app
+from worker.reaper import Lease, leased
 from worker.settings import get_settings
 from worker.store import JobStore
 
@@ -63,6 +70,13 @@ def _load(job_id: str) -> tuple[JobSpec, list[Batch]] | None:
 @celery_app.task(name=PLAN_JOB)
 def plan_job(job_id: str) -> None:
     """Split a job into batches (cells that train together) and enqueue one task per batch."""
+    # The lease tells the reaper this job's planning is alive (worker.reaper).
+    with leased(store(), job_id, "plan") as lease:
+        if lease is not None:  # else another delivery is planning this job right now
+            _plan(job_id)
+
+
+def _plan(job_id: str) -> None:
     job = store().get(job_id)
     if job is None or job.terminal:
         return
@@ -97,6 +111,13 @@ class _Throttle:
 @celery_app.task(name=RUN_BATCH)
 def run_batch(job_id: str, batch_index: int) -> None:
     """Train one batch; write progress, each cell as it finishes, and the job's end state."""
+    # The lease tells the reaper this batch is alive, and says stop past the time limit.
+    with leased(store(), job_id, str(batch_index)) as lease:
+        if lease is not None:  # else another delivery is running this batch right now
+            _run_batch(job_id, batch_index, lease)
+
+
+def _run_batch(job_id: str, batch_index: int, lease: Lease) -> None:
     from bo_engine import runner  # torch: imported in worker processes only
 
     settings, jobs = get_settings(), store()
@@ -107,7 +128,9 @@ def run_batch(job_id: str, batch_index: int) -> None:
     assert loaded is not None
     spec, batches = loaded
     batch = batches[batch_index]
-    jobs.mark_running(job_id)
+    if jobs.mark_running(job_id):
+        events.emit(jobs.redis, job_id, events.STATUS, {"status": "running"})
+    logs.event("batch.started", job_id=job_id, owner=job.owner, batch=batch_index, runs=batch.runs)
 
     runs_done = 0
     progress_gate = _Throttle(settings.progress_interval_s)
@@ -118,13 +141,25 @@ def run_batch(job_id: str, batch_index: int) -> None:
         nonlocal runs_done
         runs_done += k
         if progress_gate.ready():
-            jobs.set_batch_progress(job_id, batch_index, runs_done)
+            report_progress(runs_done)
+
+    def report_progress(runs: int) -> None:
+        jobs.set_batch_progress(job_id, batch_index, runs)
+        total = jobs.progress(job_id).runs_done  # over all batches of the job
+        events.emit(
+            jobs.redis, job_id, events.PROGRESS, events.progress_data(total, job.runs_total)
+        )
 
     def on_cell_done(cell: dict[str, Any]) -> None:
-        jobs.put_cell(job_id, cell, summary_rows([cell])[0])
+        row = summary_rows([cell])[0]
+        jobs.put_cell(job_id, cell, row)
+        seconds = time.perf_counter() - started
+        events.cell_done(jobs.redis, job_id, job.queue, cell, row, seconds)
 
     def should_cancel() -> bool:
         nonlocal stopping
+        if lease.overdue.is_set():
+            return True
         if not stopping and cancel_gate.ready():
             stopping = jobs.stop_requested(job_id)
         return stopping
@@ -140,14 +175,26 @@ def run_batch(job_id: str, batch_index: int) -> None:
             on_cell_done=on_cell_done,
             should_cancel=should_cancel,
         )
-    except runner.Cancelled:
+    except (runner.Cancelled, SoftTimeLimitExceeded) as exc:
         jobs.set_batch_progress(job_id, batch_index, runs_done)
+        if lease.overdue.is_set() or isinstance(exc, SoftTimeLimitExceeded):
+            limit = settings.batch_time_limit_s
+            jobs.mark_failed(job_id, f"batch {batch_index} ran over its time limit of {limit:g} s")
         return
     except Exception as exc:  # the job fails with the reason; the worker lives on
         log.exception("job %s batch %s failed", job_id, batch_index)
         jobs.mark_failed(job_id, f"batch {batch_index}: {type(exc).__name__}: {exc}")
         return
-    if jobs.finish_batch(job_id, batch_index, batch.runs, time.perf_counter() - started):
+    finally:
+        # Training time of every batch, finished or not: GD steps per second divide by it.
+        wall = time.perf_counter() - started
+        metrics.inc(jobs.redis, "train_seconds_total", {"queue": job.queue}, float(wall))
+        logs.event(
+            "batch.ended", job_id=job_id, owner=job.owner, batch=batch_index, seconds=round(wall, 3)
+        )
+    last = jobs.finish_batch(job_id, batch_index, batch.runs, wall)
+    report_progress(batch.runs)
+    if last:
         # The worker that finishes the last batch closes the job; the transition is atomic,
         # so a re-delivered duplicate cannot close it twice.
         engine = runner.engine_info(device, spec.dtype, jobs.compute_seconds(job_id))

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import JSONResponse
 
 from bo_engine.plan import assemble_result
 from bo_engine.results import cells_to_csv
 from bo_engine.spec import JobSpec
-from service.deps import EnqueueDep, StoreDep
-from service.errors import Conflict, JobNotFound, Unavailable
+from service import webhooks
+from service.auth import Caller, CallerDep
+from service.deps import EnqueueDep, SettingsDep, StoreDep
+from service.errors import Conflict, JobNotFound, TooManyJobs, Unavailable
+from service.limits import BoundedJobSpec
 from service.schemas import (
     ErrorBody,
     JobAccepted,
@@ -24,28 +29,37 @@ from service.schemas import (
     job_summary,
     job_view,
 )
+from worker import keys
 from worker.celery_app import queue_for
-from worker.store import JobRecord, JobStatus, JobStore
+from worker.store import IdempotentReplay, JobRecord, JobStatus, JobStore, QuotaFull
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(
+    prefix="/v1/jobs",
+    tags=["jobs"],
+    responses={401: {"model": ErrorBody, "description": "missing or invalid API key"}},
+)
 
 JobId = Annotated[str, Path(description="job id, as returned by POST /v1/jobs")]
-NOT_FOUND = {404: {"model": ErrorBody, "description": "no job with this id"}}
+NOT_FOUND = {404: {"model": ErrorBody, "description": "no job with this id (that you may see)"}}
+RETRY_AFTER_S = 10  # a hint: small jobs finish in seconds, the queue drains meanwhile
 NOT_READY = {409: {"model": ErrorBody, "description": "the job has no results yet"}}
 # matplotlib's state is not safe to share between the threads that serve requests.
 _plot_lock = threading.Lock()
 
 
-def _job(store: JobStore, job_id: str) -> JobRecord:
+def _job(store: JobStore, job_id: str, caller: Caller) -> JobRecord:
     job = store.get(job_id)
-    if job is None:
+    # Another owner's job answers exactly like a missing one: ids leak nothing.
+    if job is None or not caller.may_see(job.owner):
         raise JobNotFound(job_id)
     return job
 
 
-def _result(store: JobStore, job: JobRecord) -> dict[str, Any]:
-    """Succeeded jobs have full results; cancelled or failed ones keep the cells they finished."""
-    if job.status == JobStatus.succeeded or (job.terminal and store.has_cells(job.id)):
+def _result(store: JobStore, job: JobRecord, partial: bool = False) -> dict[str, Any]:
+    """Succeeded jobs have full results; cancelled or failed ones keep the cells they finished;
+    with `partial`, so does a running job (the live plot of the web page)."""
+    done = job.terminal or partial
+    if job.status == JobStatus.succeeded or (done and store.has_cells(job.id)):
         spec = JobSpec.model_validate(job.spec)
         return assemble_result(spec, store.cells(job.id), job.engine)
     if job.terminal:
@@ -63,26 +77,90 @@ def _result(store: JobStore, job: JobRecord) -> dict[str, Any]:
     summary="Submit a job",
     description="Validates the JobSpec, stores the job and queues it (queue `gpu` when "
     '`device` is "cuda", else `cpu`). Answers 202 with the job id, its links and a '
-    "`Location` header. A spec that fails validation answers 422 naming every bad field.",
-    responses={503: {"model": ErrorBody, "description": "Redis or the broker is unreachable"}},
+    "`Location` header. A spec that fails validation, or is over a bound (sizes, grid cells, "
+    "estimated cost or memory), answers 422 naming every bad field or the bound. With an "
+    "`Idempotency-Key` header, a retry with the same key and body answers the same job; the "
+    "same key with another body answers 409. 429 with `Retry-After` when the caller already "
+    "has the most queued+running jobs allowed.",
+    responses={
+        409: {"model": ErrorBody, "description": "Idempotency-Key reused with another body"},
+        413: {"model": ErrorBody, "description": "request body too large"},
+        429: {"model": ErrorBody, "description": "too many queued+running jobs for this key"},
+        503: {"model": ErrorBody, "description": "Redis or the broker is unreachable"},
+    },
 )
 def submit_job(
-    spec: JobSpec, response: Response, store: StoreDep, enqueue: EnqueueDep
+    spec: BoundedJobSpec,
+    response: Response,
+    store: StoreDep,
+    enqueue: EnqueueDep,
+    caller: CallerDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            description="any unique string per intended job, kept 24 h, scoped to the caller",
+        ),
+    ] = None,
+    notify_url: Annotated[
+        str | None,
+        Query(
+            max_length=2000,
+            description="POST the job's summary here when it ends (signed: see README, "
+            "Webhooks); the host must be on BOLAB_WEBHOOK_ALLOWED_HOSTS, else 422",
+        ),
+    ] = None,
 ) -> JobAccepted:
-    job = store.create(
-        # Only the fields the user set: re-validating the stored spec gives the same cells.
-        spec.model_dump(mode="json", exclude_unset=True),
-        runs_total=spec.runs_total,
-        cells_total=len(spec.cells),
-        queue=queue_for(spec.device),
-    )
+    if notify_url is not None:
+        webhooks.check_url(notify_url, settings)
+    # Only the fields the user set: re-validating the stored spec gives the same cells.
+    body = spec.model_dump(mode="json", exclude_unset=True)
+    idem = None
+    if idempotency_key is not None:
+        key_hash = hashlib.sha256(idempotency_key.encode()).hexdigest()
+        body_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        idem = (keys.idempotency(caller.owner, key_hash), body_hash, settings.idempotency_ttl_s)
+    try:
+        job = store.create(
+            body,
+            runs_total=spec.runs_total,
+            cells_total=len(spec.cells),
+            queue=queue_for(spec.device),
+            owner=caller.owner,
+            max_active=settings.max_active_jobs,
+            idempotency=idem,
+        )
+    except IdempotentReplay as replay:
+        if not replay.same_body:
+            raise Conflict(
+                f"Idempotency-Key already used for job {replay.job_id} with a different body"
+            ) from None
+        return _accepted(store.get(replay.job_id), replay.job_id, response)
+    except QuotaFull as full:
+        raise TooManyJobs(
+            f"{full.active} jobs of {caller.owner!r} are queued or running, the most allowed "
+            f"(BOLAB_MAX_ACTIVE_JOBS = {settings.max_active_jobs}); retry when some finish",
+            {"Retry-After": str(RETRY_AFTER_S)},
+        ) from None
+    if notify_url is not None:
+        webhooks.attach(store, job.id, notify_url)  # before it is queued, so before it ends
     try:
         enqueue(job.id, job.queue)
     except Exception as exc:
         store.mark_failed(job.id, f"could not queue the job: {exc}")
+        if idem:
+            store.forget_idempotency(idem[0])  # a retry with the same key may try again
         raise Unavailable("task broker unavailable; the job was not queued") from exc
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return JobAccepted(id=job.id, status=job.status, links=Links.for_job(job.id))
+    return _accepted(job, job.id, response)
+
+
+def _accepted(job: JobRecord | None, job_id: str, response: Response) -> JobAccepted:
+    response.headers["Location"] = f"/v1/jobs/{job_id}"
+    status = job.status if job is not None else JobStatus.queued
+    return JobAccepted(id=job_id, status=status, links=Links.for_job(job_id))
 
 
 @router.get(
@@ -94,6 +172,7 @@ def submit_job(
 )
 def list_jobs(
     store: StoreDep,
+    caller: CallerDep,
     status: Annotated[JobStatus | None, Query(description="only jobs in this status")] = None,
     limit: Annotated[int, Query(ge=1, le=200, description="page size")] = 50,
     cursor: Annotated[
@@ -101,7 +180,8 @@ def list_jobs(
         Query(pattern="^[0-9a-f]{1,64}$", description="`next_cursor` of the previous page"),
     ] = None,
 ) -> JobPage:
-    jobs, next_cursor = store.list(status=status, limit=limit, cursor=cursor)
+    owner = None if caller.admin else caller.owner  # users list their own jobs only
+    jobs, next_cursor = store.list(status=status, limit=limit, cursor=cursor, owner=owner)
     progress = store.progress_many([job.id for job in jobs])
     return JobPage(
         items=[job_summary(job, p) for job, p in zip(jobs, progress, strict=True)],
@@ -117,8 +197,8 @@ def list_jobs(
     "summary row per cell finished so far (a sweep shows partial results as cells finish).",
     responses=NOT_FOUND,
 )
-def get_job(job_id: JobId, store: StoreDep) -> JobView:
-    job = _job(store, job_id)
+def get_job(job_id: JobId, store: StoreDep, caller: CallerDep) -> JobView:
+    job = _job(store, job_id, caller)
     return job_view(job, store.progress(job_id), store.summaries(job_id))
 
 
@@ -138,9 +218,10 @@ def get_job(job_id: JobId, store: StoreDep) -> JobView:
 def get_results(
     job_id: JobId,
     store: StoreDep,
+    caller: CallerDep,
     format: Annotated[Literal["json", "csv"], Query(description="json or csv")] = "json",
 ) -> Response:
-    result = _result(store, _job(store, job_id))
+    result = _result(store, _job(store, job_id, caller))
     if format == "csv":
         return Response(cells_to_csv(result["cells"]), media_type="text/csv")
     return JSONResponse(finite(result))
@@ -158,13 +239,17 @@ def get_results(
 def get_plot(
     job_id: JobId,
     store: StoreDep,
+    caller: CallerDep,
     kind: Annotated[
         Literal["auto", "heatmap", "lines"],
         Query(description="auto: a heatmap for two swept axes with many values, else lines"),
     ] = "auto",
+    partial: Annotated[
+        bool, Query(description="draw a running job's cells finished so far (else 409)")
+    ] = False,
 ) -> Response:
-    job = _job(store, job_id)
-    result = _result(store, job)
+    job = _job(store, job_id, caller)
+    result = _result(store, job, partial)
     from bo_engine.plots import figure_png  # matplotlib: loaded on the first plot only
 
     with _plot_lock:
@@ -184,9 +269,9 @@ def get_plot(
     "Cancelling a cancelled job is a no-op; a succeeded or failed job answers 409.",
     responses={**NOT_FOUND, 409: {"model": ErrorBody, "description": "the job already ended"}},
 )
-def cancel_job(job_id: JobId, store: StoreDep) -> JobView:
-    job = _job(store, job_id)
+def cancel_job(job_id: JobId, store: StoreDep, caller: CallerDep) -> JobView:
+    job = _job(store, job_id, caller)
     if job.status in (JobStatus.succeeded, JobStatus.failed):
         raise Conflict(f"job {job_id} already {job.status.value}")
     store.cancel(job_id)
-    return get_job(job_id, store)
+    return get_job(job_id, store, caller)
