@@ -3,6 +3,7 @@
 import typer
 
 from bolab import local_cli, service_cli
+from bolab.keys_cli import keys_app
 
 app = typer.Typer(
     help="bolab: benign-overfitting experiments, locally or on the lab service.",
@@ -11,3 +12,4 @@ app = typer.Typer(
 )
 local_cli.register(app)
 service_cli.register(app)
+app.add_typer(keys_app, name="keys")

@@ -199,15 +199,39 @@ def _use_redis(redis_url: str | None) -> None:
         os.environ["BOLAB_REDIS_URL"] = redis_url
 
 
+def _refuse_open_bind(host: str) -> None:
+    """No API keys configured: serve on loopback only, and say so loudly."""
+    from service.auth import is_loopback, keyring
+    from worker.settings import Settings
+
+    if not keyring(Settings()).open:
+        return
+    if not is_loopback(host):
+        err.print(
+            f"[red bold]refusing to serve on {host} without API keys[/]: anyone who can reach "
+            "it could run and read jobs. Add keys (`bolab keys add NAME`, then set "
+            "BOLAB_KEYS_FILE) or bind 127.0.0.1."
+        )
+        raise typer.Exit(2)
+    err.print(
+        "[yellow bold]WARNING: no API keys configured: the API is OPEN to every local user "
+        f"(owner 'anonymous') and bound to {host} only.[/] `bolab keys add NAME` to add keys."
+    )
+
+
 def api(
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
     redis_url: RedisUrlOpt = None,
 ) -> None:
-    """Serve the REST API (uvicorn). Reads the Redis URL from BOLAB_REDIS_URL."""
+    """Serve the REST API (uvicorn). Reads the Redis URL from BOLAB_REDIS_URL.
+
+    Without API keys (BOLAB_API_KEYS / BOLAB_KEYS_FILE) it serves on loopback addresses only.
+    """
     import uvicorn
 
     _use_redis(redis_url)
+    _refuse_open_bind(host)
     uvicorn.run("service.main:app", host=host, port=port, log_level="warning")
 
 
@@ -269,6 +293,9 @@ def up(
     from worker.settings import get_settings
 
     data = data_dir or get_settings().data_dir
+    if not os.environ.get("BOLAB_KEYS_FILE") and (data / "keys").exists():
+        os.environ["BOLAB_KEYS_FILE"] = str((data / "keys").resolve())  # `bolab keys add`
+    _refuse_open_bind(host)
     if not port_free(redis_port):  # another Redis there: pick a free port, say so below
         redis_port = 0
     stack = Stack(

@@ -71,3 +71,33 @@ def store(redis_server: RedisServer) -> Iterator[JobStore]:
 @pytest.fixture(scope="session", autouse=True)
 def _no_ambient_lab_url() -> None:
     os.environ.pop("BOLAB_URL", None)  # tests name their server explicitly
+    os.environ.pop("BOLAB_API_KEY", None)
+    os.environ.pop("BOLAB_API_KEYS", None)
+    os.environ.pop("BOLAB_KEYS_FILE", None)
+
+
+@pytest.fixture(scope="session")
+def api_keys(lab_dir: Path) -> dict[str, str]:
+    """Keys of two users and an admin, in a keys file (hashes only) the secured API reads."""
+    from service.auth import entry_line, new_key
+
+    roles = {"alice": "user", "bob": "user", "root": "admin"}
+    keys = {owner: new_key() for owner in roles}
+    lines = [entry_line(owner, role, keys[owner]) for owner, role in roles.items()]  # type: ignore[arg-type]
+    (lab_dir / "keys").write_text("\n".join(lines) + "\n")
+    return keys
+
+
+@pytest.fixture(scope="session")
+def secured_api(
+    redis_server: RedisServer, worker_process: WorkerProcess, lab_dir: Path, api_keys: dict
+) -> Iterator[ApiServer]:
+    """A second API on the same Redis and worker, with API keys configured."""
+    server = ApiServer(
+        redis_server.url,
+        env={"BOLAB_KEYS_FILE": str(lab_dir / "keys")},
+        log_path=lab_dir / "logs" / "secured-api.log",
+    )
+    server.start()
+    yield server
+    server.stop()
