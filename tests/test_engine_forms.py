@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import bo_engine.train as train_mod
 from bo_engine.data import make_train_set
 from bo_engine.model import init_weights, outer_weights
 from bo_engine.spec import JobSpec
@@ -36,26 +37,38 @@ def build(n: int, d: int, width: int, seeds: int, form: str, lr_factor: float = 
     return b, data, w0, outer_weights(width, F64), cell
 
 
-def run_steps(b, a, steps: int) -> list[bool]:
-    """Step `steps` times; return, per step, whether the active-column update applied."""
-    sparse = []
+@pytest.fixture
+def active_path(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Let the active-column update apply at these tiny sizes (the engine may keep small batches
+    on the dense update), and count the steps that take it: one `_active_columns` call each."""
+    monkeypatch.setattr(train_mod, "ACTIVE_PATH_MIN_ELEMENTS", 0, raising=False)
+    calls: list[int] = []
+    real = train_mod._active_columns
+
+    def spy(active: torch.Tensor, k: int) -> torch.Tensor:
+        calls.append(k)
+        return real(active, k)
+
+    monkeypatch.setattr(train_mod, "_active_columns", spy)
+    return calls
+
+
+def run_steps(b, a, steps: int) -> None:
     for _ in range(steps):
-        yf = b.y * _outputs(b, a)
-        k = int((yf < 1).sum(1).max())
-        sparse.append(b.gram is not None and 2 * k < yf.shape[1])
-        _step(b, a, yf)
-    return sparse
+        _step(b, a, b.y * _outputs(b, a))
 
 
 @pytest.mark.parametrize("width", [4, 16])
 @pytest.mark.parametrize("n,d", [(24, 8), (24, 24), (24, 60), (16, 3)])
-def test_gram_and_plain_iterates_agree(n: int, d: int, width: int) -> None:
+def test_gram_and_plain_iterates_agree(active_path, n: int, d: int, width: int) -> None:
     gram, data, w0, a, _ = build(n, d, width, seeds=3, form="gram")
     plain, _, _, _, _ = build(n, d, width, seeds=3, form="plain")
-    sparse = run_steps(gram, a, STEPS)
-    run_steps(plain, a, STEPS)
+    run_steps(gram, a, STEPS)
     # Both update paths of the Gram form were exercised over the run.
-    assert any(sparse) and not all(sparse)
+    assert 0 < len(active_path) < STEPS
+    calls = len(active_path)
+    run_steps(plain, a, STEPS)
+    assert len(active_path) == calls  # the plain form never gathers active columns
     torch.testing.assert_close(gram.c, plain.c, rtol=0, atol=1e-10 * float(plain.c.abs().max()))
     torch.testing.assert_close(gram.z, plain.z, rtol=0, atol=1e-10)
     for row, (t, w) in enumerate(zip(data, w0, strict=True)):
@@ -65,7 +78,7 @@ def test_gram_and_plain_iterates_agree(n: int, d: int, width: int) -> None:
     assert float((plain.w - torch.stack(w0)).norm()) > float(torch.stack(w0).norm())
 
 
-def test_active_column_update_equals_dense_update() -> None:
+def test_active_column_update_equals_dense_update(active_path) -> None:
     """One step from the same state, once through the active columns, once densely."""
     sparse, data, _, a, cell = build(30, 40, 8, seeds=4, form="gram")
     run_steps(sparse, a, 150)  # far enough that few points are active, differently per run
@@ -74,7 +87,9 @@ def test_active_column_update_equals_dense_update() -> None:
     assert 2 * int(active.max()) < yf.shape[1]  # the active-column path applies
     assert int(active.min()) < int(active.max())  # runs are padded with inactive columns
     dense = _Batch(**{k: v.clone() if torch.is_tensor(v) else v for k, v in vars(sparse).items()})
+    calls = len(active_path)
     _step(sparse, a, yf)
+    assert len(active_path) == calls + 1  # this step took the active-column path
     # The dense update, written out: dC_ji = lr a_j y_i sigma'(z_ji) on active points.
     y = torch.stack([t.y for t in data])
     slope = torch.where(dense.z > 0, 1.0, torch.tensor(cell.alpha, dtype=F64))

@@ -109,7 +109,18 @@ def hand_made(n: int) -> tuple[TrainSet, torch.Tensor]:
 
 @pytest.mark.parametrize("form", ["gram", "plain"])
 @pytest.mark.parametrize("n", [6, 10])  # 4 active of 6 (dense update), of 10 (active columns)
-def test_one_step_with_exactly_inactive_points_and_zero_preactivations(form: str, n: int) -> None:
+def test_one_step_with_exactly_inactive_points_and_zero_preactivations(
+    monkeypatch, form: str, n: int
+) -> None:
+    # Let the active-column update apply at this tiny size, and see that it does when 2k < n.
+    monkeypatch.setattr(train_mod, "ACTIVE_PATH_MIN_ELEMENTS", 0, raising=False)
+    gathered: list[int] = []
+    real_active_columns = train_mod._active_columns
+    monkeypatch.setattr(
+        train_mod,
+        "_active_columns",
+        lambda active, k: gathered.append(k) or real_active_columns(active, k),
+    )
     alpha, lr = 0.3, 0.125
     train, w0 = hand_made(n)
     yf0 = train.y * network_output(w0, train.x, alpha)
@@ -131,6 +142,7 @@ def test_one_step_with_exactly_inactive_points_and_zero_preactivations(form: str
         seed=0,
     )
     w1, z1 = engine_one_step(cell, train, w0, form)
+    assert gathered == ([4] if (form, n) == ("gram", 10) else [])
     expected = autograd_gd(w0, train.x, train.y, alpha, lr, 1)
     torch.testing.assert_close(w1, expected, rtol=0, atol=1e-12)
     torch.testing.assert_close(z1, expected @ train.x.T, rtol=0, atol=1e-12)
