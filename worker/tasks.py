@@ -152,9 +152,11 @@ def _run_batch(job_id: str, batch_index: int, lease: Lease) -> None:
 
     def on_cell_done(cell: dict[str, Any]) -> None:
         row = summary_rows([cell])[0]
-        jobs.put_cell(job_id, cell, row)
         seconds = time.perf_counter() - started
         events.cell_done(jobs.redis, job_id, job.queue, cell, row, seconds)
+        # Last: the engine reports the runs' progress right after this callback, and a status
+        # read in between should not see the cell with no runs done yet.
+        jobs.put_cell(job_id, cell, row)
 
     def should_cancel() -> bool:
         nonlocal stopping

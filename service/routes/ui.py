@@ -17,7 +17,7 @@ UI_DIR = Path(__file__).parents[1] / "ui"
 EXAMPLE_DIRS = (Path(__file__).parents[2] / "examples", Path.cwd() / "examples")
 # Always offered, even where no examples/ directory is around: trains in about a second.
 QUICK = {
-    "grid": {"n": [20, 30, 40], "d_over_n": [1, 2, 4]},
+    "grid": {"n": [20, 30, 40, 50], "d_over_n": [1, 2, 4, 8]},
     "width": 16,
     "n_test": 200,
     "max_steps": 2000,

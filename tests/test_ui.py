@@ -1,0 +1,115 @@
+"""The web page in real headless Chromium (Debian's `chromium`, driven by Playwright): submit a
+heatmap from the form, watch the event stream carry progress to 100 %, see plot and table.
+
+Also writes `docs/ui.png`, the README's screenshot, from the finished job's page.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bolab.client import LabClient
+
+pytestmark = pytest.mark.timeout(180)
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+SCREENSHOT = Path(__file__).parents[1] / "docs" / "ui.png"
+
+pytest.importorskip("playwright.sync_api")
+from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+
+if not Path(CHROMIUM).exists():  # .ci/run installs it; a bare laptop may not have it
+    pytest.skip("no chromium binary (apt-get install chromium)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser, lab: LabClient) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    tab = context.new_page()
+    problems: list[str] = []
+    tab.on("pageerror", lambda exc: problems.append(str(exc)))
+    tab.on("requestfailed", lambda r: problems.append(f"{r.url}: {r.failure}"))
+    yield tab
+    context.close()
+    # The page loads only from the API (no CDN); aborted streams on navigation are fine.
+    assert not [p for p in problems if "/events" not in p], problems
+
+
+def test_submit_watch_and_screenshot(page: Page, lab: LabClient) -> None:
+    base = str(lab.http.base_url).rstrip("/")
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
+    page.goto(f"{base}/ui/#/submit")
+    editor = page.locator("#spec-editor")
+    expect(editor).to_have_value(re.compile('"d_over_n"'))  # the quick heatmap, preloaded
+    assert page.locator("#example option").count() >= 3
+    assert "paper_heatmap" in page.locator("#example").inner_text()
+
+    # Bad JSON is caught in the page; a bad spec is answered by the service, naming the field.
+    editor.fill('{"n": 20, "d": 40, "width": 15}')
+    page.click("#submit")
+    expect(page.locator("#submit-errors")).to_contain_text("width")
+    page.select_option("#example", "quick_heatmap")
+    page.click("#submit")
+
+    page.wait_for_url("**/ui/#/jobs/*")
+    job_id = page.url.rsplit("/", 1)[1]
+    text = page.locator("#progress-text")
+    expect(text).to_contain_text("(100 %)", timeout=90_000)
+    expect(page.locator("#job-status .status")).to_have_text("succeeded")
+    expect(page.locator("#summary tbody tr")).to_have_count(16)
+    expect(page.locator("#cancel")).to_be_hidden()
+    # The final plot: drawn from all 16 cells, a real PNG the browser decoded.
+    plot = page.locator("#plot[data-cells='16']")
+    expect(plot).to_be_visible(timeout=30_000)
+    page.wait_for_function("document.getElementById('plot').naturalWidth > 100")
+
+    # The progress came from the event stream, and the table matches the service's numbers.
+    assert any(url.endswith(f"/v1/jobs/{job_id}/events") for url in requested)
+    job = lab.status(job_id)
+    first = page.locator("#summary tbody tr").first.locator("td")
+    assert first.nth(0).inner_text() == str(job["summary"][0]["n"])
+    # Everything from the API (blob: URLs are the plot images the page fetched with its key).
+    assert all(url.startswith((base, "blob:")) for url in requested), requested
+
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    assert SCREENSHOT.read_bytes().startswith(b"\x89PNG")
+
+    # The job list shows it: status, owner, a full progress bar and its age.
+    page.goto(f"{base}/ui/#/")
+    row = page.locator(f"#jobs tr[data-job='{job_id}']")
+    expect(row.locator(".status")).to_have_text("succeeded")
+    expect(row.locator("[role=progressbar]")).to_have_attribute("aria-valuenow", "100")
+    assert row.locator("td").nth(2).inner_text() == job["owner"]
+
+
+def test_cancel_from_the_job_page(page: Page, lab: LabClient) -> None:
+    from tests.test_service_jobs import SLOW_GRID
+
+    job_id = lab.submit(SLOW_GRID)["id"]
+    base = str(lab.http.base_url).rstrip("/")
+    page.goto(f"{base}/ui/#/jobs/{job_id}")
+    # The short cell finishes and shows up live (row and partial plot) while the long one runs.
+    expect(page.locator("#summary tbody tr")).to_have_count(1, timeout=60_000)
+    expect(page.locator("#plot[data-cells='1']")).to_be_visible(timeout=30_000)
+    page.click("#cancel")
+    expect(page.locator("#job-status .status")).to_have_text("cancelled")
+    assert lab.status(job_id)["status"] == "cancelled"
