@@ -1,4 +1,6 @@
 # The two Quickstart commands: `make up` runs the lab stack, `make test` runs every test.
+# Tests run torch single-threaded: the suite runs API, workers and pytest side by side on two
+# cores, and OpenMP threads that outnumber the cores spin against each other.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -19,7 +21,7 @@ up: install
 
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q
 
 lint: install
 	$(BIN)/ruff check .

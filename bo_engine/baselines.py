@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.optimize import minimize, nnls
+from scipy.optimize import linprog, minimize, nnls
 
 FEASIBILITY_TOL = 1e-6
 
@@ -49,6 +49,15 @@ def _dual_lbfgs(q: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(res.x)
 
 
+def _separable(yx: torch.Tensor) -> bool:
+    """Is there a w with y_i <w, x_i> >= 1 for all i? An LP feasibility problem (HiGHS)."""
+    n, d = yx.shape
+    lp = linprog(
+        np.zeros(d), A_ub=-yx.numpy(), b_ub=-np.ones(n), bounds=[(None, None)] * d, method="highs"
+    )
+    return lp.status == 0
+
+
 def max_margin(
     x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, clean_test: torch.Tensor
 ) -> dict[str, Any]:
@@ -58,16 +67,25 @@ def max_margin(
     """
     yx = y[:, None] * x
     q = yx @ yx.T
-    # NNLS is exact when Q is well conditioned; near d = n it may not be, so L-BFGS-B backs it up.
-    for solve in (_dual_nnls, _dual_lbfgs):
-        lam = solve(q)
+    not_separable = {"norm": None, "test_error": None, "separable": False}
+
+    def feasible(lam: torch.Tensor | None) -> bool:
         if lam is None:
-            continue
+            return False
         w = yx.T @ lam
-        if bool(torch.isfinite(w).all()) and float((yx @ w).min()) >= 1 - FEASIBILITY_TOL:
-            break
-    else:
-        return {"norm": None, "test_error": None, "separable": False}
+        return bool(torch.isfinite(w).all()) and float((yx @ w).min()) >= 1 - FEASIBILITY_TOL
+
+    # NNLS is exact when Q is well conditioned; near d = n it may not be, so L-BFGS-B backs it
+    # up. A positive definite Q means independent x_i, separable under any labels; otherwise an
+    # LP decides first, since without a separator the dual has no minimum to find.
+    lam = _dual_nnls(q)
+    if not feasible(lam):
+        if lam is None and not _separable(yx):
+            return not_separable
+        lam = _dual_lbfgs(q)
+        if not feasible(lam):
+            return not_separable
+    w = yx.T @ lam
     return {
         "norm": math.sqrt(max(float(lam @ q @ lam), 0.0)),
         "test_error": float((torch.sign(x_test @ w) != clean_test).double().mean()),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -45,9 +44,10 @@ def run_result(
     x_test, clean_test = make_test_set(cell, seed, train.v)
     device = w.device
     f_test = network_output(w, x_test.to(device), cell.alpha)
-    w_v = w @ train.v.to(device)
+    v = train.v.to(device)
+    w_v = w @ v
     signal_norm = float(w_v.norm())
-    noise_norm = math.sqrt(max(weight_norm**2 - signal_norm**2, 0.0))
+    noise_norm = float((w - torch.outer(w_v, v)).norm())  # ||W (I - v v^T)||_F, no cancellation
     corrupted = train.corrupted.to(yf.device)
     result: dict[str, Any] = {
         "seed": seed,

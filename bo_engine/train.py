@@ -32,6 +32,8 @@ from bo_engine.spec import Cell, TheoryRule, uses_gram_form
 
 # Recompute Z from C now and then so that rounding in the incremental update cannot drift.
 RESYNC_EVERY = 1000
+# Batches with fewer pre-activations than this update densely (see _step).
+ACTIVE_PATH_MIN_ELEMENTS = 1 << 16
 # The cancel callback is asked at most this often (seconds).
 CANCEL_POLL_SECONDS = 0.2
 
@@ -62,7 +64,6 @@ class _Batch:
     y: torch.Tensor  # (B, n) labels, 0 on padding
     lr_y: torch.Tensor  # (B, n) lr * y
     pad: torch.Tensor  # (B, n) 0 on real points, +inf on padding
-    max_steps: torch.Tensor  # (B,)
     alpha: float  # shared by the batch (part of the shape key)
 
     def keep(self, rows: torch.Tensor) -> None:
@@ -103,7 +104,6 @@ def _build(
         y=y,
         lr_y=lr * y,
         pad=torch.zeros_like(y).masked_fill_(~real, float("inf")),
-        max_steps=torch.tensor([c.max_steps for c in cells], device=device),
         alpha=cells[0].alpha,
     )
 
@@ -113,9 +113,12 @@ def _outputs(b: _Batch, a: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a.expand(b.z.shape[0], 1, -1), F.leaky_relu(b.z, b.alpha)).squeeze(1)
 
 
-def _slope(z: torch.Tensor, alpha: float) -> torch.Tensor:
-    """sigma'(z): 1 where z > 0, else alpha (what autograd's leaky ReLU gives at 0 too)."""
-    return (z > 0).to(z.dtype).mul_(1.0 - alpha).add_(alpha)
+def _update(z: torch.Tensor, signed_coef: torch.Tensor, alpha: float) -> torch.Tensor:
+    """dC = signed_coef * sigma'(z), sigma'(z) = 1 if z > 0 else alpha, in one fused kernel.
+
+    This is autograd's own leaky ReLU backward (which also takes alpha at z = 0).
+    """
+    return torch.ops.aten.leaky_relu_backward(signed_coef, z, alpha, False)
 
 
 def _active_columns(active: torch.Tensor, k: int) -> torch.Tensor:
@@ -126,20 +129,22 @@ def _active_columns(active: torch.Tensor, k: int) -> torch.Tensor:
 def _step(b: _Batch, a: torch.Tensor, yf: torch.Tensor) -> None:
     """One GD step for every run in the batch (finished runs were removed before)."""
     active = yf < 1  # (B, n): only these points have a hinge subgradient (never padding)
-    coef = b.lr_y * active  # (B, n); zero off the active set
+    coef = b.lr_y * active  # (B, n): lr y_i on the active set, else 0
     n = active.shape[1]
-    k = int(active.sum(1).max())
-    if b.gram is not None and 2 * k < n:
-        # Work on the active columns only: dC[:, :, A] and Z += dC[:, :, A] G[A, :].
-        cols = _active_columns(active, k)  # (B, k)
-        cols_m = cols[:, None, :].expand(-1, b.z.shape[1], -1)  # (B, m, k)
-        z_a = torch.gather(b.z, 2, cols_m)
-        dc_a = _slope(z_a, b.alpha).mul_(a[:, None] * torch.gather(coef, 1, cols)[:, None, :])
-        b.c.scatter_add_(2, cols_m, dc_a)
-        g_a = torch.gather(b.gram, 1, cols[:, :, None].expand(-1, -1, n))  # (B, k, n)
-        b.z.baddbmm_(dc_a, g_a)
-        return
-    dc = _slope(b.z, b.alpha).mul_(a[:, None] * coef[:, None, :])  # (B, m, n)
+    # Gathering the active columns costs a few extra kernels a step; it pays only on big batches.
+    if b.gram is not None and b.z.numel() >= ACTIVE_PATH_MIN_ELEMENTS:
+        k = int(active.sum(1).max())
+        if 2 * k < n:
+            # Work on the active columns only: dC[:, :, A] and Z += dC[:, :, A] G[A, :].
+            cols = _active_columns(active, k)  # (B, k)
+            cols_m = cols[:, None, :].expand(-1, b.z.shape[1], -1)  # (B, m, k)
+            signed = a[:, None] * torch.gather(coef, 1, cols)[:, None, :]  # (B, m, k)
+            dc_a = _update(torch.gather(b.z, 2, cols_m), signed, b.alpha)
+            b.c.scatter_add_(2, cols_m, dc_a)
+            g_a = torch.gather(b.gram, 1, cols[:, :, None].expand(-1, -1, n))  # (B, k, n)
+            b.z.baddbmm_(dc_a, g_a)
+            return
+    dc = _update(b.z, a[:, None] * coef[:, None, :], b.alpha)  # (B, m, n)
     b.c += dc
     if b.gram is None:
         b.w.baddbmm_(dc, b.x)
@@ -176,6 +181,7 @@ def _stop_reason(reached: bool, rule: str, out_of_steps: bool, cancelled: bool) 
     return "max_steps" if out_of_steps or not cancelled else "cancelled"
 
 
+@torch.inference_mode()  # no autograd bookkeeping: fewer dispatcher layers on every small op
 def train_batch(
     setups: list[RunSetup],
     *,
@@ -203,7 +209,7 @@ def train_batch(
     trajectories: list[list[dict[str, float]] | None] = [
         [] if record_every else None for _ in setups
     ]
-    min_max_steps = min(s.cell.max_steps for s in setups)
+    max_steps = [s.cell.max_steps for s in setups]  # per row of the batch, kept in step
     last_poll = time.monotonic()
     step = 0
     cancelled = False
@@ -231,38 +237,36 @@ def train_batch(
     rule = setups[0].cell.stop  # one stop rule per batch (part of the shape key)
     while b.ids.numel():
         f = _outputs(b, a)
-        yf = b.y * f + b.pad  # padded points: +inf, always satisfied, never active
+        yf = torch.addcmul(b.pad, b.y, f)  # y f; padded points +inf: satisfied, never active
         if record_every and step % record_every == 0:
             norms = _weight_norms(b, w0_sq).tolist()
             for row, i in enumerate(b.ids.tolist()):
                 n = setups[i].cell.n
                 fit = fit_metrics(b.y[row, :n], f[row, :n])
                 trajectories[i].append(trajectory_point(step, fit, norms[row]))
-        reached = (yf >= 1).all(1) if rule == "zero_loss" else (yf > 0).all(1)
-        # Comparing against max_steps costs a kernel launch a step; only needed near the end.
-        out_of_steps = b.max_steps <= step if step >= min_max_steps else torch.zeros_like(reached)
-        stopped = reached | out_of_steps
+        # One reduction and one small copy decide every run's stop: min_i y_i f_i.
+        margins = yf.amin(1).tolist()
+        reached = [m >= 1 if rule == "zero_loss" else m > 0 for m in margins]
+        out_of_steps = [step >= m for m in max_steps]
         cancel_now = False
         if should_cancel is not None and time.monotonic() - last_poll >= CANCEL_POLL_SECONDS:
             last_poll = time.monotonic()
             cancel_now = should_cancel()
-        if cancel_now:
-            stopped = torch.ones_like(stopped)
-        if bool(stopped.any()):
-            rows = stopped.nonzero().flatten()
-            reasons = [
-                _stop_reason(r, rule, s, cancel_now)
-                for r, s in zip(reached[rows].tolist(), out_of_steps[rows].tolist(), strict=True)
-            ]
-            finish(rows.tolist(), f, reasons)
+        rows = [r for r in range(len(margins)) if cancel_now or reached[r] or out_of_steps[r]]
+        if rows:
+            reasons = [_stop_reason(reached[r], rule, out_of_steps[r], cancel_now) for r in rows]
+            finish(rows, f, reasons)
             if cancel_now:
                 cancelled = True
                 break
-            keep = (~stopped).nonzero().flatten()
-            b.keep(keep)
-            if not b.ids.numel():
+            done = set(rows)
+            keep = [r for r in range(len(margins)) if r not in done]
+            if not keep:
                 break
-            yf = yf[keep]
+            kept = torch.tensor(keep, device=device)
+            b.keep(kept)
+            yf = yf.index_select(0, kept)
+            max_steps = [max_steps[r] for r in keep]
         _step(b, a, yf)
         step += 1
         if step % RESYNC_EVERY == 0:
