@@ -47,8 +47,8 @@ class TooManyJobs(ApiError):
     status_code = 429
 
 
-class TooLarge(ApiError):
-    status_code = 413
+class UnsupportedMediaType(ApiError):
+    status_code = 415
 
 
 def _answer(status_code: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -14,11 +14,13 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
+from fastapi import Request
 from pydantic import AfterValidator, BeforeValidator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bo_engine.plan import plan_batches
 from bo_engine.spec import Cell, JobSpec, uses_gram_form
+from service.errors import UnsupportedMediaType
 from worker.settings import Settings, get_settings
 
 # spec field -> the setting that bounds it (also the value of every grid axis of that name)
@@ -91,6 +93,15 @@ async def _reject(send: Send, limit: int) -> None:
 
 async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
+
+
+def require_json(request: Request) -> None:
+    """The job body is JSON: another declared content type answers 415, not a puzzling 422."""
+    kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if kind != "application/json" and not kind.endswith("+json"):
+        raise UnsupportedMediaType(
+            f"send the JobSpec as JSON with `Content-Type: application/json` (got {kind!r})"
+        )
 
 
 def _number(value: Any) -> float | None:

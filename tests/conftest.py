@@ -101,3 +101,25 @@ def secured_api(
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def idle_lab(
+    tmp_path_factory: pytest.TempPathFactory, lab_dir: Path, api_keys: dict
+) -> Iterator[ApiServer]:
+    """Its own Redis and a keyed API with small limits, and no worker: jobs stay queued."""
+    where = tmp_path_factory.mktemp("idle")
+    redis = RedisServer(where / "redis", log_path=where / "redis.log").start()
+    assert isinstance(redis, RedisServer)
+    env = {
+        "BOLAB_KEYS_FILE": str(lab_dir / "keys"),
+        "BOLAB_MAX_ACTIVE_JOBS": "3",
+        "BOLAB_MAX_BODY_BYTES": "4096",
+    }
+    server = ApiServer(redis.url, env=env, log_path=where / "api.log")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        redis.stop()

@@ -7,7 +7,7 @@ import json
 import threading
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from fastapi.responses import JSONResponse
 
 from bo_engine.plan import assemble_result
@@ -17,7 +17,7 @@ from service import webhooks
 from service.auth import Caller, CallerDep
 from service.deps import EnqueueDep, SettingsDep, StoreDep
 from service.errors import Conflict, JobNotFound, TooManyJobs, Unavailable
-from service.limits import BoundedJobSpec
+from service.limits import BoundedJobSpec, require_json
 from service.schemas import (
     ErrorBody,
     JobAccepted,
@@ -82,9 +82,11 @@ def _result(store: JobStore, job: JobRecord, partial: bool = False) -> dict[str,
     "`Idempotency-Key` header, a retry with the same key and body answers the same job; the "
     "same key with another body answers 409. 429 with `Retry-After` when the caller already "
     "has the most queued+running jobs allowed.",
+    dependencies=[Depends(require_json)],
     responses={
         409: {"model": ErrorBody, "description": "Idempotency-Key reused with another body"},
         413: {"model": ErrorBody, "description": "request body too large"},
+        415: {"model": ErrorBody, "description": "the body is not declared as JSON"},
         429: {"model": ErrorBody, "description": "too many queued+running jobs for this key"},
         503: {"model": ErrorBody, "description": "Redis or the broker is unreachable"},
     },

@@ -1,0 +1,132 @@
+"""Issue 4.2 and 4.6: limits and hostile input, against real uvicorn APIs.
+
+Bodies over the size limit: 413 before parsing. Jobs over a bound: 422 naming the bound (and the
+estimate, for cost and memory), answered fast because the grid is never expanded. Per key: at
+most BOLAB_MAX_ACTIVE_JOBS queued+running jobs, then 429 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import httpx
+import pytest
+
+from bolab.client import LabClient
+from bolab.stack import ApiServer
+from tests.helpers import TINY
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _detail(response: httpx.Response) -> str:
+    return json.dumps(response.json()["detail"])
+
+
+@pytest.mark.parametrize(
+    ("spec", "named"),
+    [
+        ({**TINY, "n": 1_000_000}, ["n = 1e+06", "max_n = 5000"]),
+        ({**TINY, "d": 10**400}, ["d = a huge number", "max_d"]),
+        ({**TINY, "grid": {"d": [40, 10**30]}}, ["max_d"]),
+        ({**TINY, "width": 1 << 20}, ["max_width"]),
+        ({**TINY, "n_test": 10**9}, ["max_n_test"]),
+        ({**TINY, "seeds": 10**6}, ["max_seeds"]),
+        ({**TINY, "max_steps": 10**12}, ["max_steps"]),
+        ({**TINY, "seed": 10**40}, ["seed is over the bound"]),
+        ({"n": 20, "grid": {"d_over_n": [1e308]}}, ["d_over_n", "max_d"]),
+        (
+            {**TINY, "grid": {"seed": list(range(300)), "gamma": [0.1] * 300, "n": [20] * 300}},
+            ["27000000 cells", "max_cells = 10000"],
+        ),
+        (
+            {"n": 5000, "d": 100_000, "width": 4096},
+            ["estimated cost 1.02e+16 work units", "max_cost = 1e+15"],
+        ),
+        (
+            {"n": 2000, "d": 100_000, "n_test": 100_000, "max_steps": 1, "width": 64},
+            ["estimated memory of one batch 38.8 GiB", "max_batch_bytes = 8 GiB"],
+        ),
+    ],
+    ids=lambda v: "" if isinstance(v, list) else None,
+)
+def test_over_a_bound_is_422_naming_it(lab: LabClient, spec: dict, named: list[str]) -> None:
+    started = time.perf_counter()
+    response = lab.http.post("/v1/jobs", json=spec)
+    assert time.perf_counter() - started < 2.0  # nothing huge was built
+    assert response.status_code == 422, response.text
+    for words in named:
+        assert words in _detail(response)
+
+
+def test_paper_examples_are_within_the_bounds(lab: LabClient) -> None:
+    from pydantic import TypeAdapter
+
+    from service.limits import BoundedJobSpec
+
+    for name in ("paper_gamma", "paper_heatmap"):
+        with open(f"examples/{name}.json") as spec:
+            TypeAdapter(BoundedJobSpec).validate_python(json.load(spec))  # no error
+
+
+def test_body_over_the_limit_is_413(idle_lab: ApiServer, api_keys: dict) -> None:
+    headers = {"X-API-Key": api_keys["alice"], "content-type": "application/json"}
+    big = json.dumps({**TINY, "grid": {"gamma": [0.1] * 2000}}).encode()
+    assert len(big) > 4096
+    response = httpx.post(f"{idle_lab.url}/v1/jobs", content=big, headers=headers)
+    assert response.status_code == 413
+    assert "larger than 4096 bytes" in response.json()["detail"]
+    # no Content-Length (chunked upload): counted as it arrives
+    chunks = (big[i : i + 1000] for i in range(0, len(big), 1000))
+    response = httpx.post(f"{idle_lab.url}/v1/jobs", content=chunks, headers=headers)
+    assert response.status_code == 413
+
+
+def test_lying_content_length_is_413_without_reading(idle_lab: ApiServer) -> None:
+    host, port = idle_lab.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 999999999\r\n\r\n{"
+        )
+        assert sock.recv(200).startswith(b"HTTP/1.1 413")
+
+
+def test_active_jobs_cap_is_429_with_retry_after(idle_lab: ApiServer, api_keys: dict) -> None:
+    alice = LabClient(idle_lab.url, api_key=api_keys["alice"])
+    bob = LabClient(idle_lab.url, api_key=api_keys["bob"])
+    with alice, bob:
+        ids = [alice.submit({**TINY, "seed": i})["id"] for i in range(3)]  # no worker: queued
+        response = alice.http.post("/v1/jobs", json=TINY)
+        assert response.status_code == 429
+        assert int(response.headers["retry-after"]) > 0
+        assert "3 jobs of 'alice' are queued or running" in response.json()["detail"]
+        assert bob.http.post("/v1/jobs", json=TINY).status_code == 202  # per key
+        alice.cancel(ids[0])  # a finished (cancelled) job frees a slot
+        assert alice.http.post("/v1/jobs", json=TINY).status_code == 202
+        assert alice.http.post("/v1/jobs", json=TINY).status_code == 429
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "words"),
+    [
+        (b'{"n": 1e308, "d": 40}', "application/json", "n"),
+        (b'{"n": 20, "d": 40, "gamma": Infinity}', "application/json", "gamma"),
+        (b'{"n": 20, "d": 40, "grid": {"gamma": [NaN]}}', "application/json", "gamma"),
+        (b'{"n": 20, "d": 40, "theory": {"benign_gamma_n": 1, "x": 2}}', "application/json", "x"),
+        (b'{"n": 20, "d": 40, "grid": {"n": [[[[[[20]]]]]]}}', "application/json", "grid"),
+        (b'{"n": 20, "d": 40, "grid": {"n": 5}}', "application/json", "grid"),
+        (b'{"n": 20, "d": 40, "grid": [1, 2]}', "application/json", "grid"),
+        (b'{"n": 20, "d": 40}', "application/xml", "JSON"),
+        (b"<spec n='20'/>", "application/xml", ""),
+        (b'{"n": 20, "d": 40}', "", ""),
+    ],
+)
+def test_more_hostile_bodies_are_4xx_with_a_message(
+    lab: LabClient, body: bytes, content_type: str, words: str
+) -> None:
+    response = lab.http.post("/v1/jobs", content=body, headers={"content-type": content_type})
+    assert 400 <= response.status_code < 500, response.text
+    assert words in _detail(response)
