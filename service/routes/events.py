@@ -4,7 +4,8 @@ Served from the job's Redis Stream (`worker.events`) with XREAD BLOCK: each SSE 
 the stream entry id as `id:`, so `Last-Event-ID` (sent by browsers on reconnect, or by any
 client) resumes right after the last event seen, with nothing lost or repeated. The stream
 closes after the `end` event. Should a process die between a job's terminal status and its
-`end` event, the route notices the terminal status on its next idle beat and ends anyway.
+`end` event, the route notices the terminal status whenever the stream is idle and ends anyway
+(so does a resume after the `end`).
 """
 
 from __future__ import annotations
@@ -42,25 +43,33 @@ def _sse(entry_id: str, kind: str, data: str) -> str:
 
 async def _follow(request: Request, job_id: str, after: str) -> AsyncIterator[str]:
     client = request.app.state.aredis
+    key = keys.events(job_id)
     keepalive_ms = int(get_settings().sse_keepalive_s * 1000)
     yield "retry: 1000\n\n"  # browsers reconnect after 1 s, sending Last-Event-ID
-    last = after
+    last, idle = after, False
     while True:
-        reply = await client.xread({keys.events(job_id): last}, count=200, block=keepalive_ms)
+        # Without blocking first: an idle stream is checked for a job that already ended.
+        reply = await client.xread({key: last}, count=200, block=keepalive_ms if idle else None)
+        if not reply and not idle:
+            raw = await client.hgetall(keys.job(job_id))
+            if not raw or raw.get("status") in TERMINAL:
+                # Its `end` may have landed since the read above; else it was never written.
+                reply = await client.xread({key: last}, count=200)
+                if not reply:
+                    end = {"status": raw.get("status", "unknown"), "error": raw.get("error")}
+                    yield _sse(last, events.END, json.dumps(end))
+                    return
         for _, entries in reply or []:
             for entry_id, fields in entries:
                 last = entry_id
                 yield _sse(entry_id, fields["event"], fields["data"])
                 if fields["event"] == events.END:
                     return
-        if reply:
-            continue
-        raw = await client.hgetall(keys.job(job_id))
-        if not raw or raw.get("status") in TERMINAL:  # ended without an end event (see above)
-            end = {"status": raw.get("status", "unknown"), "error": raw.get("error") or None}
-            yield _sse(last, events.END, json.dumps(end))
-            return
-        yield ": keep-alive\n\n"  # proxies and clients see the connection is alive
+        if idle and not reply:
+            yield ": keep-alive\n\n"  # proxies and clients see the connection is alive
+            idle = False  # next round: check the job's status again
+        else:
+            idle = not reply
 
 
 @router.get(
