@@ -26,6 +26,7 @@ from worker.store import TERMINAL
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
+END_GRACE_MS = 2000
 EVENT_ID = r"^[0-9]{1,20}-[0-9]{1,20}$"
 EXAMPLE = (
     'retry: 1000\n\nid: 1735732800000-0\nevent: status\ndata: {"status":"queued"}\n\n'
@@ -53,8 +54,9 @@ async def _follow(request: Request, job_id: str, after: str) -> AsyncIterator[st
         if not reply and not idle:
             raw = await client.hgetall(keys.job(job_id))
             if not raw or raw.get("status") in TERMINAL:
-                # Its `end` may have landed since the read above; else it was never written.
-                reply = await client.xread({key: last}, count=200)
+                # Its `end` follows the status change within milliseconds (or has landed since
+                # the read above); none within END_GRACE_MS: the process that ended it died.
+                reply = await client.xread({key: last}, count=200, block=END_GRACE_MS)
                 if not reply:
                     end = {"status": raw.get("status", "unknown"), "error": raw.get("error")}
                     yield _sse(last, events.END, json.dumps(end))
