@@ -11,9 +11,6 @@ thread pool instead of fighting it with a second BLAS pool.
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
 import numpy as np
 import torch
 from scipy.optimize import linprog, minimize, nnls
@@ -58,36 +55,26 @@ def _separable(yx: torch.Tensor) -> bool:
     return lp.status == 0
 
 
-def max_margin(
-    x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, clean_test: torch.Tensor
-) -> dict[str, Any]:
-    """`norm` = ||w*|| (None if not separable), `test_error` of sign(<w*, x>), `separable`.
+def max_margin_classifier(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+    """w* (d,) with y_i <w*, x_i> >= 1 and the least norm, or None if no such w exists.
 
-    All inputs float64 on the CPU: x (n, d), y (n,) in {-1, +1}, x_test (N, d), clean_test (N,).
+    x (n, d) and y (n,) in {-1, +1}, float64 on the CPU.
     """
     yx = y[:, None] * x
     q = yx @ yx.T
-    not_separable = {"norm": None, "test_error": None, "separable": False}
 
-    def feasible(lam: torch.Tensor | None) -> bool:
+    def primal(lam: torch.Tensor | None) -> torch.Tensor | None:
         if lam is None:
-            return False
+            return None
         w = yx.T @ lam
-        return bool(torch.isfinite(w).all()) and float((yx @ w).min()) >= 1 - FEASIBILITY_TOL
+        feasible = bool(torch.isfinite(w).all()) and float((yx @ w).min()) >= 1 - FEASIBILITY_TOL
+        return w if feasible else None
 
     # NNLS is exact when Q is well conditioned; near d = n it may not be, so L-BFGS-B backs it
     # up. A positive definite Q means independent x_i, separable under any labels; otherwise an
     # LP decides first, since without a separator the dual has no minimum to find.
     lam = _dual_nnls(q)
-    if not feasible(lam):
-        if lam is None and not _separable(yx):
-            return not_separable
-        lam = _dual_lbfgs(q)
-        if not feasible(lam):
-            return not_separable
-    w = yx.T @ lam
-    return {
-        "norm": math.sqrt(max(float(lam @ q @ lam), 0.0)),
-        "test_error": float((torch.sign(x_test @ w) != clean_test).double().mean()),
-        "separable": True,
-    }
+    w = primal(lam)
+    if w is None and (lam is not None or _separable(yx)):
+        w = primal(_dual_lbfgs(q))
+    return w

@@ -78,7 +78,48 @@ def make_train_set(cell: Cell, seed: int) -> TrainSet:
 
 
 def make_test_set(cell: Cell, seed: int, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x_test (n_test, d), clean labels (n_test,)): fresh points, labels never corrupted."""
+    """(x_test (n_test, d), clean labels (n_test,)): fresh points, labels never corrupted.
+
+    The explicit reference: the engine draws the test outputs directly (`draw_test_outputs`),
+    and the tests check that both follow the same law.
+    """
     gen = seeded_generator("test", d=cell.d, gamma=cell.gamma, n_test=cell.n_test, seed=seed)
     clean = random_labels(cell.n_test, gen)
     return inputs(clean, v, cell.gamma, gen), clean
+
+
+def draw_test_outputs(
+    cell: Cell, seed: int, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Pre-activations W x (n_test, width) and linear outputs <u, x> (n_test,) on n_test fresh
+    clean-label test points, drawn exactly without forming the points.
+
+    For x = sqrt(gamma) t v + sqrt(1 - gamma) P g / sqrt(d) (P = I - v v^T, g ~ N(0, I_d)),
+    W x = sqrt(gamma) t (W v) + sqrt(1 - gamma) L h with L L^T = W P W^T / d and h ~ N(0, I_m):
+    the same joint law as `make_test_set` followed by x @ W.T, at O(n_test width) instead of
+    O(n_test d) random numbers. <u, x> is drawn jointly (the last row of the Cholesky factor of
+    [W; u] P [W; u]^T / d) from one more column of h, which is always drawn, so W's outputs do
+    not depend on whether u is asked for. Float64 on the CPU.
+    """
+    gen = seeded_generator(
+        "test-outputs", d=cell.d, gamma=cell.gamma, n_test=cell.n_test, seed=seed
+    )
+    clean = random_labels(cell.n_test, gen)
+    m, d = w.shape
+    h = torch.randn(cell.n_test, m + 1, generator=gen, dtype=torch.float32).double()
+    signal, noise = math.sqrt(cell.gamma) * clean[:, None], math.sqrt(1.0 - cell.gamma)
+    w_v = w @ v
+    w_p = w - torch.outer(w_v, v)  # W P
+    cov = w_p @ w_p.T / d
+    # d <= width makes W P W^T singular: a jitter far below float64 resolution of the outputs.
+    jitter = 1e-12 * float(cov.diagonal().mean()) + 1e-300
+    chol = torch.linalg.cholesky(cov + jitter * torch.eye(m, dtype=cov.dtype))
+    pre = signal * w_v + noise * (h[:, :m] @ chol.T)
+    if u is None:
+        return pre, None, clean
+    u_v = float(u @ v)
+    u_p = u - u_v * v
+    cross = torch.linalg.solve_triangular(chol, (w_p @ u_p / d)[:, None], upper=False).squeeze(1)
+    rest = math.sqrt(max(float(u_p @ u_p) / d - float(cross @ cross), 0.0))
+    lin = signal.squeeze(1) * u_v + noise * (h[:, :m] @ cross + rest * h[:, m])
+    return pre, lin, clean

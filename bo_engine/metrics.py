@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 
-from bo_engine.baselines import max_margin
-from bo_engine.data import TrainSet, make_test_set
-from bo_engine.model import network_output
+from bo_engine.baselines import max_margin_classifier
+from bo_engine.data import TrainSet, draw_test_outputs
+from bo_engine.model import leaky_relu, outer_weights
 from bo_engine.spec import Cell, TheoryRule
 from bo_engine.theory import theory
 
@@ -21,6 +21,11 @@ def fit_metrics(y: torch.Tensor, f: torch.Tensor) -> dict[str, float]:
         "train_error": float((yf <= 0).double().mean()),
         "margin": float(yf.min()),
     }
+
+
+def misclassified(outputs: torch.Tensor, clean: torch.Tensor) -> float:
+    """Share of points whose sign(output) is not the clean label (an output of 0 is wrong)."""
+    return float((torch.sign(outputs) != clean).double().mean())
 
 
 def run_result(
@@ -40,14 +45,14 @@ def run_result(
     y = train.y.to(f_train.device, f_train.dtype)
     fit = fit_metrics(y, f_train)
     yf = y * f_train
+    w = w.cpu()  # the rest is O(width d) work against CPU-generated data
     weight_norm = float(w.norm())
-    x_test, clean_test = make_test_set(cell, seed, train.v)
-    device = w.device
-    f_test = network_output(w, x_test.to(device), cell.alpha)
-    v = train.v.to(device)
-    w_v = w @ v
+    w_star = max_margin_classifier(train.x, train.y) if max_margin_baseline else None
+    pre_test, lin_test, clean_test = draw_test_outputs(cell, seed, train.v, w, w_star)
+    f_test = leaky_relu(pre_test, cell.alpha) @ outer_weights(cell.width)
+    w_v = w @ train.v
     signal_norm = float(w_v.norm())
-    noise_norm = float((w - torch.outer(w_v, v)).norm())  # ||W (I - v v^T)||_F, no cancellation
+    noise_norm = float((w - torch.outer(w_v, train.v)).norm())  # ||W (I - v v^T)||_F directly
     corrupted = train.corrupted.to(yf.device)
     result: dict[str, Any] = {
         "seed": seed,
@@ -56,7 +61,7 @@ def run_result(
         "interpolated": bool((yf > 0).all()),
         "zero_loss": bool((yf >= 1).all()),
         **fit,
-        "test_error": float((torch.sign(f_test).cpu() != clean_test).double().mean()),
+        "test_error": misclassified(f_test, clean_test),
         "normalized_margin": fit["margin"] / weight_norm if weight_norm > 0 else None,
         "weight_norm": weight_norm,
         "corrupt_fit_fraction": (
@@ -67,9 +72,13 @@ def run_result(
         "theory": theory(cell, rule),
     }
     if max_margin_baseline:
-        baseline = max_margin(train.x, train.y, x_test, clean_test)
-        baseline["margin_ratio"] = weight_norm / baseline["norm"] if baseline["norm"] else None
-        result["max_margin"] = baseline
+        norm = float(w_star.norm()) if w_star is not None else None
+        result["max_margin"] = {
+            "norm": norm,
+            "test_error": misclassified(lin_test, clean_test) if lin_test is not None else None,
+            "separable": w_star is not None,
+            "margin_ratio": weight_norm / norm if norm else None,
+        }
     if trajectory is not None:
         if not trajectory or trajectory[-1]["step"] != steps:
             trajectory.append(trajectory_point(steps, fit, weight_norm))

@@ -32,8 +32,9 @@ from bo_engine.spec import Cell, TheoryRule, uses_gram_form
 
 # Recompute Z from C now and then so that rounding in the incremental update cannot drift.
 RESYNC_EVERY = 1000
-# Batches with fewer pre-activations than this update densely (see _step).
-ACTIVE_PATH_MIN_ELEMENTS = 1 << 16
+# A dense Gram update costing less than this many multiply-adds (B m n^2) is cheaper than the
+# few extra kernels that gather the active columns (see _step).
+ACTIVE_PATH_MIN_WORK = 1 << 20
 # The cancel callback is asked at most this often (seconds).
 CANCEL_POLL_SECONDS = 0.2
 
@@ -43,6 +44,11 @@ class RunSetup:
     cell_index: int
     cell: Cell
     seed: int
+
+
+# The aten kernels themselves: the Python wrappers cost as much as the work on small batches.
+_leaky_relu = torch._C._nn.leaky_relu
+_leaky_relu_backward = torch.ops.aten.leaky_relu_backward.default
 
 
 @dataclass
@@ -110,7 +116,7 @@ def _build(
 
 def _outputs(b: _Batch, a: torch.Tensor) -> torch.Tensor:
     """f (B, n) = a^T sigma(Z): one fused activation and one batched matrix-vector product."""
-    return torch.bmm(a.expand(b.z.shape[0], 1, -1), F.leaky_relu(b.z, b.alpha)).squeeze(1)
+    return torch.matmul(a, _leaky_relu(b.z, b.alpha))
 
 
 def _update(z: torch.Tensor, signed_coef: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -118,7 +124,7 @@ def _update(z: torch.Tensor, signed_coef: torch.Tensor, alpha: float) -> torch.T
 
     This is autograd's own leaky ReLU backward (which also takes alpha at z = 0).
     """
-    return torch.ops.aten.leaky_relu_backward(signed_coef, z, alpha, False)
+    return _leaky_relu_backward(signed_coef, z, alpha, False)
 
 
 def _active_columns(active: torch.Tensor, k: int) -> torch.Tensor:
@@ -131,8 +137,7 @@ def _step(b: _Batch, a: torch.Tensor, yf: torch.Tensor) -> None:
     active = yf < 1  # (B, n): only these points have a hinge subgradient (never padding)
     coef = b.lr_y * active  # (B, n): lr y_i on the active set, else 0
     n = active.shape[1]
-    # Gathering the active columns costs a few extra kernels a step; it pays only on big batches.
-    if b.gram is not None and b.z.numel() >= ACTIVE_PATH_MIN_ELEMENTS:
+    if b.gram is not None and b.z.numel() * n >= ACTIVE_PATH_MIN_WORK:
         k = int(active.sum(1).max())
         if 2 * k < n:
             # Work on the active columns only: dC[:, :, A] and Z += dC[:, :, A] G[A, :].

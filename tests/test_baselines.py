@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from bo_engine.baselines import max_margin
+from bo_engine.baselines import max_margin_classifier
 from bo_engine.data import make_test_set, make_train_set
 from bo_engine.spec import JobSpec
 
@@ -18,6 +18,17 @@ F64 = torch.float64
 
 def t(rows) -> torch.Tensor:
     return torch.tensor(rows, dtype=F64)
+
+
+def max_margin(
+    x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, clean: torch.Tensor
+) -> dict[str, float | bool | None]:
+    """The baseline's reported numbers, with test points given explicitly."""
+    w = max_margin_classifier(x, y)
+    if w is None:
+        return {"norm": None, "test_error": None, "separable": False}
+    wrong = torch.sign(x_test @ w) != clean
+    return {"norm": float(w.norm()), "test_error": float(wrong.double().mean()), "separable": True}
 
 
 def rotation(theta: float) -> torch.Tensor:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from bo_engine.data import make_test_set, make_train_set, signal_direction
+from bo_engine.data import draw_test_outputs, make_test_set, make_train_set, signal_direction
 from bo_engine.model import init_weights
 from bo_engine.spec import Cell, JobSpec
 
@@ -158,3 +158,29 @@ def test_different_seeds_give_different_data() -> None:
         if name == "corrupted":
             continue  # may coincide (often all False for small n)
         assert not torch.equal(ta, tb), name
+
+
+@pytest.mark.parametrize("gamma,d,width", [(0.2, 30, 8), (0.0, 12, 16), (0.6, 5, 8)])
+def test_implicit_test_outputs_follow_the_law_of_explicit_test_points(
+    gamma: float, d: int, width: int
+) -> None:
+    """`draw_test_outputs` draws (W x, <u, x>) without forming x: same mean given the label and same
+    covariance as x @ [W; u].T on explicit test points, including d <= width (singular)."""
+    cell = JobSpec(n=20, d=d, gamma=gamma, n_test=100_000).cells[0]
+    train = make_train_set(cell, 3)
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(width, d, generator=gen, dtype=torch.float64)
+    u = torch.randn(d, generator=gen, dtype=torch.float64)
+    pre, lin, clean = draw_test_outputs(cell, 3, train.v, w, u)
+    x_test, clean_x = make_test_set(cell, 3, train.v)
+    implicit = torch.cat([pre, lin[:, None]], 1)
+    explicit = torch.cat([x_test @ w.T, (x_test @ u)[:, None]], 1)
+    scale = float(explicit.std(0).max())
+    tol = 6 * scale / math.sqrt(cell.n_test)  # a few standard errors of a mean
+    signed_implicit = (implicit * clean[:, None]).mean(0)
+    signed_explicit = (explicit * clean_x[:, None]).mean(0)
+    assert torch.allclose(signed_implicit, signed_explicit, atol=tol)
+    assert torch.allclose(torch.cov(implicit.T), torch.cov(explicit.T), atol=4 * scale * tol)
+    assert float(clean.mean()) == pytest.approx(0.0, abs=0.02)  # clean labels, balanced
+    # W's outputs do not depend on whether u is asked for.
+    assert torch.equal(draw_test_outputs(cell, 3, train.v, w)[0], pre)

@@ -41,7 +41,7 @@ def build(n: int, d: int, width: int, seeds: int, form: str, lr_factor: float = 
 def active_path(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Let the active-column update apply at these tiny sizes (the engine may keep small batches
     on the dense update), and count the steps that take it: one `_active_columns` call each."""
-    monkeypatch.setattr(train_mod, "ACTIVE_PATH_MIN_ELEMENTS", 0, raising=False)
+    monkeypatch.setattr(train_mod, "ACTIVE_PATH_MIN_WORK", 0)
     calls: list[int] = []
     real = train_mod._active_columns
 

@@ -113,7 +113,7 @@ def test_one_step_with_exactly_inactive_points_and_zero_preactivations(
     monkeypatch, form: str, n: int
 ) -> None:
     # Let the active-column update apply at this tiny size, and see that it does when 2k < n.
-    monkeypatch.setattr(train_mod, "ACTIVE_PATH_MIN_ELEMENTS", 0, raising=False)
+    monkeypatch.setattr(train_mod, "ACTIVE_PATH_MIN_WORK", 0)
     gathered: list[int] = []
     real_active_columns = train_mod._active_columns
     monkeypatch.setattr(

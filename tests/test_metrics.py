@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from bo_engine.data import TrainSet, make_test_set
+from bo_engine.data import TrainSet, draw_test_outputs
 from bo_engine.metrics import fit_metrics, run_result
 from bo_engine.results import describe
 from bo_engine.spec import Cell, TheoryRule
@@ -90,9 +90,11 @@ def test_run_result_by_hand() -> None:
     assert r["normalized_margin"] == pytest.approx(-1 / math.sqrt(26), rel=1e-15)
     assert r["param_snr"] == pytest.approx(3 / math.sqrt(17), rel=1e-14)
     assert r["corrupt_fit_fraction"] == 0.5  # of the two flipped points, one is fitted
-    # Test error against clean labels, with the network written out independently.
-    x_test, clean_test = make_test_set(cell, 7, V)
-    wrong = torch.sign(by_hand_network(W, x_test, 0.5)) != clean_test
+    # Test error against clean labels, with the network written out independently on the
+    # test pre-activations (whose law tests/test_data.py checks against explicit test points).
+    pre, _, clean_test = draw_test_outputs(cell, 7, V, W)
+    s = torch.maximum(pre, 0.5 * pre)
+    wrong = torch.sign(s[:, 0::2].sum(1) - s[:, 1::2].sum(1)) != clean_test
     assert r["test_error"] == pytest.approx(float(wrong.double().mean()), abs=1e-15)
     assert 0 < r["test_error"] < 1
     assert r["theory"] == theory(cell, TheoryRule())
