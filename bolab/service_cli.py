@@ -254,6 +254,8 @@ def worker(
     unknown = sorted(set(wanted) - set(QUEUES))
     if not wanted or unknown:
         raise typer.BadParameter(f"queues are {', '.join(QUEUES)}", param_hint="--queues")
+    # Batches running side by side share the cores: torch threads beyond that only spin.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // concurrency)))
     if pool == "auto":
         # CUDA must not be used across a fork: GPU workers run batches in their own process.
         pool = "threads" if "gpu" in wanted else "prefork"
