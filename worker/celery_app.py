@@ -45,7 +45,10 @@ def make_celery() -> Celery:
         # queue's routing key, and gpu batches would land on cpu workers.
         task_queues=[Queue(name, Exchange(name), routing_key=name) for name in QUEUES],
         task_default_queue=CPU_QUEUE,
-        worker_send_task_events=True,  # Flower and the metrics issue read these
+        # Task events (received, started, succeeded, ...) and the "sent" event of each task:
+        # what Flower shows, unmodified (`celery flower` against the same Redis).
+        worker_send_task_events=True,
+        task_send_sent_event=True,
     )
     return app
 
