@@ -118,7 +118,12 @@ def _wait_with_bar(client: LabClient, job_id: str) -> Job:
 def submit(
     spec: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JobSpec JSON file")],
     url: UrlOpt = DEFAULT_URL,
-    wait: Annotated[bool, typer.Option("--wait", help="show progress, then the summary")] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="follow the job's event stream, then the summary")
+    ] = False,
+    notify_url: Annotated[
+        str | None, typer.Option("--notify-url", help="webhook: POST the summary here at the end")
+    ] = None,
 ) -> None:
     """Submit a JobSpec to the lab service; prints the job id (or, with --wait, the summary)."""
     try:
@@ -127,7 +132,7 @@ def submit(
         err.print(f"[red]{spec} is not valid JSON[/]: {exc}")
         raise typer.Exit(1) from None
     with _talking_to(url) as client:
-        job_id = client.submit(body)["id"]
+        job_id = client.submit(body, notify_url=notify_url)["id"]
         if not wait:
             typer.echo(job_id)
             return
