@@ -1,11 +1,14 @@
 """The web page in real headless Chromium (Debian's `chromium`, driven by Playwright): submit a
 heatmap from the form, watch the event stream carry progress to 100 %, see plot and table.
 
-Also writes `docs/ui.png`, the README's screenshot, from the finished job's page.
+Also screenshots the finished job's page; with BOLAB_UPDATE_SCREENSHOT=1 it becomes
+`docs/ui.png`, the README's screenshot (otherwise a temporary file, so a test run leaves the
+checkout as it found it).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -22,7 +25,7 @@ FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
-SCREENSHOT = Path(__file__).parents[1] / "docs" / "ui.png"
+README_SCREENSHOT = Path(__file__).parents[1] / "docs" / "ui.png"
 
 pytest.importorskip("playwright.sync_api")
 from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
@@ -52,7 +55,7 @@ def page(browser: Browser, lab: LabClient) -> Iterator[Page]:
     assert not [p for p in problems if "/events" not in p], problems
 
 
-def test_submit_watch_and_screenshot(page: Page, lab: LabClient) -> None:
+def test_submit_watch_and_screenshot(page: Page, lab: LabClient, tmp_path: Path) -> None:
     base = str(lab.http.base_url).rstrip("/")
     requested: list[str] = []
     page.on("request", lambda r: requested.append(r.url))
@@ -89,9 +92,10 @@ def test_submit_watch_and_screenshot(page: Page, lab: LabClient) -> None:
     # Everything from the API (blob: URLs are the plot images the page fetched with its key).
     assert all(url.startswith((base, "blob:")) for url in requested), requested
 
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
-    assert SCREENSHOT.read_bytes().startswith(b"\x89PNG")
+    update = os.environ.get("BOLAB_UPDATE_SCREENSHOT") == "1"
+    screenshot = README_SCREENSHOT if update else tmp_path / "ui.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.read_bytes().startswith(b"\x89PNG")
 
     # The job list shows it: status, owner, a full progress bar and its age.
     page.goto(f"{base}/ui/#/")
