@@ -17,6 +17,8 @@ from enum import StrEnum
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from worker import events, keys, logs, metrics
 
@@ -166,7 +168,18 @@ class JobStore:
 
     @classmethod
     def from_url(cls, url: str) -> JobStore:
-        return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30))
+        # Retries with backoff (about 2.5 s in all) ride out a Redis restart: the first call
+        # after it meets a dead pooled connection and must reconnect, not fail.
+        retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), 6)
+        return cls(
+            redis.Redis.from_url(
+                url,
+                decode_responses=True,
+                health_check_interval=30,
+                retry=retry,
+                retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+            )
+        )
 
     def ping(self) -> bool:
         try:

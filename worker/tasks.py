@@ -12,6 +12,7 @@ import time
 from functools import lru_cache
 from typing import Any
 
+import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init, worker_ready
 
@@ -183,6 +184,11 @@ def _run_batch(job_id: str, batch_index: int, lease: Lease) -> None:
             limit = settings.batch_time_limit_s
             jobs.mark_failed(job_id, f"batch {batch_index} ran over its time limit of {limit:g} s")
         return
+    except redis.RedisError:
+        # The store, not the job, failed (Redis restarting): leave the batch to a redelivery
+        # (unacked message or the reaper) instead of failing a healthy job.
+        log.warning("job %s batch %s: Redis unavailable, left for redelivery", job_id, batch_index)
+        raise
     except Exception as exc:  # the job fails with the reason; the worker lives on
         log.exception("job %s batch %s failed", job_id, batch_index)
         jobs.mark_failed(job_id, f"batch {batch_index}: {type(exc).__name__}: {exc}")
