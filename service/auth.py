@@ -20,12 +20,13 @@ import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from service.errors import ApiError
+from service.schemas import ErrorBody
 from worker.settings import Settings, get_settings
 
 Role = Literal["user", "admin"]
@@ -157,3 +158,7 @@ def get_caller(
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
+# Every router whose routes take CallerDep documents the 401 (schemathesis holds us to it).
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing or invalid API key"}
+}

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 import bo_engine
 from service import errors, live, metrics
+from service.auth import AUTH_RESPONSES
 from service.limits import BodyLimit
 from service.routes import events, health, jobs, ui
 from worker.settings import Settings, get_settings
@@ -51,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     metrics.install(app)  # outermost: counts every answer, 413s included
     app.include_router(jobs.router)
-    app.include_router(events.router)
+    app.include_router(events.router, responses=AUTH_RESPONSES)
     app.include_router(health.router)
     ui.install(app)
     return app

@@ -14,7 +14,7 @@ from bo_engine.plan import assemble_result
 from bo_engine.results import cells_to_csv
 from bo_engine.spec import JobSpec
 from service import webhooks
-from service.auth import Caller, CallerDep
+from service.auth import AUTH_RESPONSES, Caller, CallerDep
 from service.deps import EnqueueDep, SettingsDep, StoreDep
 from service.errors import Conflict, JobNotFound, TooManyJobs, Unavailable
 from service.limits import BoundedJobSpec, require_json
@@ -36,7 +36,7 @@ from worker.store import IdempotentReplay, JobRecord, JobStatus, JobStore, Quota
 router = APIRouter(
     prefix="/v1/jobs",
     tags=["jobs"],
-    responses={401: {"model": ErrorBody, "description": "missing or invalid API key"}},
+    responses=AUTH_RESPONSES,
 )
 
 JobId = Annotated[str, Path(description="job id, as returned by POST /v1/jobs")]
@@ -84,6 +84,7 @@ def _result(store: JobStore, job: JobRecord, partial: bool = False) -> dict[str,
     "has the most queued+running jobs allowed.",
     dependencies=[Depends(require_json)],
     responses={
+        400: {"model": ErrorBody, "description": "the body is not readable text (not UTF-8)"},
         409: {"model": ErrorBody, "description": "Idempotency-Key reused with another body"},
         413: {"model": ErrorBody, "description": "request body too large"},
         415: {"model": ErrorBody, "description": "the body is not declared as JSON"},
