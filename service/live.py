@@ -19,7 +19,11 @@ from worker.settings import Settings
 @asynccontextmanager
 async def running(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
     """Inside the app's lifespan, after `app.state.store` exists."""
-    app.state.aredis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    # XREAD BLOCK waits up to the keepalive interval: no socket timeout shorter than that
+    # (redis-py's default of 5 s broke streams of jobs quiet for longer).
+    app.state.aredis = aioredis.Redis.from_url(
+        settings.redis_url, decode_responses=True, socket_timeout=None
+    )
     collector = LabCollector(app.state.store.redis)
     app.state.registry.register(collector)
     deliverer = None

@@ -146,3 +146,22 @@ def test_events_need_the_jobs_owner(secured_api: ApiServer, api_keys: dict[str, 
             assert bob.http.get(f"/v1/jobs/{job_id}/events").status_code == 404
         assert httpx.get(f"{url}/v1/jobs/{job_id}/events").status_code == 401
         assert list(alice.events(job_id, timeout=60))[-1]["event"] == "end"
+
+
+def test_quiet_stream_outlives_the_redis_socket_timeout(
+    idle_lab: ApiServer, api_keys: dict[str, str]
+) -> None:
+    """A job with no news for longer than redis-py's default 5 s socket timeout keeps its stream
+    open: the API's blocking read waits out the keep-alive interval (10 s) and says so."""
+    with LabClient(idle_lab.url, api_key=api_keys["alice"]) as client:
+        job_id = client.submit(TINY)["id"]  # no worker here: the job stays queued and quiet
+        lines: list[str] = []
+        try:
+            with client.http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=30) as response:
+                for line in response.iter_lines():
+                    lines.append(line)
+                    if line.startswith(": keep-alive"):
+                        break
+        finally:
+            client.cancel(job_id)
+    assert lines[-1] == ": keep-alive", lines
