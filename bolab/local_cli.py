@@ -5,13 +5,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,9 +22,7 @@ from rich.progress import (
 )
 
 from bo_engine.spec import JobSpec
-
-err = Console(stderr=True, soft_wrap=True)
-out = Console()
+from bolab.console import err, out
 
 Format = Literal["json", "csv", "table"]
 SpecArg = Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JobSpec JSON file")]
@@ -110,15 +108,13 @@ def _run_here(spec: JobSpec) -> dict[str, Any]:
 
 
 def _run_on_service(spec: JobSpec) -> dict[str, Any]:
-    import os
-
     from bolab.client import DEFAULT_URL
-    from bolab.service_cli import _talking_to, _wait_with_bar
+    from bolab.service_cli import talking_to, wait_with_bar
 
     url = os.environ.get("BOLAB_URL", DEFAULT_URL)
-    with _talking_to(url) as client:
+    with talking_to(url) as client:
         job_id = client.submit(spec.model_dump(exclude_unset=True))["id"]
-        job = _wait_with_bar(client, job_id)
+        job = wait_with_bar(client, job_id)
         if job["status"] != "succeeded":
             err.print(f"[red]job {job['status']}[/]: {job.get('error') or ''}")
             raise typer.Exit(1)

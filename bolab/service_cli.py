@@ -17,14 +17,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bolab.client import DEFAULT_URL, Job, LabClient, LabError
-
-err = Console(stderr=True, soft_wrap=True)  # long ids and URLs stay on one line
-out = Console()
+from bolab.console import err, out
 
 UrlOpt = Annotated[
     str, typer.Option("--url", envvar="BOLAB_URL", help="lab service URL", show_default=True)
@@ -69,7 +66,7 @@ def summary_table(job: Job) -> Table:
 
 
 @contextmanager
-def _talking_to(url: str) -> Iterator[LabClient]:
+def talking_to(url: str) -> Iterator[LabClient]:
     """A client whose errors end the command with a readable message and exit status 1."""
     import httpx
 
@@ -89,7 +86,7 @@ def _talking_to(url: str) -> Iterator[LabClient]:
         raise typer.Exit(1) from None
 
 
-def _wait_with_bar(client: LabClient, job_id: str) -> Job:
+def wait_with_bar(client: LabClient, job_id: str) -> Job:
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -131,12 +128,12 @@ def submit(
     except json.JSONDecodeError as exc:
         err.print(f"[red]{spec} is not valid JSON[/]: {exc}")
         raise typer.Exit(1) from None
-    with _talking_to(url) as client:
+    with talking_to(url) as client:
         job_id = client.submit(body, notify_url=notify_url)["id"]
         if not wait:
             typer.echo(job_id)
             return
-        job = _wait_with_bar(client, job_id)
+        job = wait_with_bar(client, job_id)
         out.print(summary_table(job))
         if job["status"] != "succeeded":
             err.print(f"[red]job {job['status']}[/]: {job.get('error') or ''}")
@@ -149,7 +146,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON")] = False,
 ) -> None:
     """Show a job's status, progress and the summary of its finished cells."""
-    with _talking_to(url) as client:
+    with talking_to(url) as client:
         job = client.status(job_id)
     if as_json:
         typer.echo(json.dumps(job, indent=2))
@@ -175,7 +172,7 @@ def results(
     if format not in ("json", "csv"):
         raise typer.BadParameter("json or csv", param_hint="--format")
     fmt: Literal["json", "csv"] = "csv" if format == "csv" else "json"
-    with _talking_to(url) as client:
+    with talking_to(url) as client:
         text = client.results_text(job_id, fmt)
     if out_file is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
@@ -186,7 +183,7 @@ def results(
 
 def cancel(job_id: JobArg, url: UrlOpt = DEFAULT_URL) -> None:
     """Cancel a queued or running job (cells already finished stay in its results)."""
-    with _talking_to(url) as client:
+    with talking_to(url) as client:
         job = client.cancel(job_id)
     typer.echo(f"{job['id']} {job['status']}")
 
