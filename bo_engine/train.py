@@ -116,7 +116,7 @@ def _build(
 
 def _outputs(b: _Batch, a: torch.Tensor) -> torch.Tensor:
     """f (B, n) = a^T sigma(Z): one fused activation and one batched matrix-vector product."""
-    return torch.matmul(a, _leaky_relu(b.z, b.alpha))
+    return torch.bmm(a.expand(b.z.shape[0], 1, -1), _leaky_relu(b.z, b.alpha)).squeeze(1)
 
 
 def _update(z: torch.Tensor, signed_coef: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -127,9 +127,10 @@ def _update(z: torch.Tensor, signed_coef: torch.Tensor, alpha: float) -> torch.T
     return _leaky_relu_backward(signed_coef, z, alpha, False)
 
 
-def _active_columns(active: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, k) indices of each run's active points first, padded with inactive ones."""
-    return torch.argsort(active.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
+def _active_columns(yf: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, k) indices of each run's k smallest y f: its active points (y f < 1) first, then
+    inactive ones as padding (their coefficient is 0)."""
+    return torch.topk(yf, k, dim=1, largest=False, sorted=False).indices
 
 
 def _step(b: _Batch, a: torch.Tensor, yf: torch.Tensor) -> None:
@@ -141,7 +142,7 @@ def _step(b: _Batch, a: torch.Tensor, yf: torch.Tensor) -> None:
         k = int(active.sum(1).max())
         if 2 * k < n:
             # Work on the active columns only: dC[:, :, A] and Z += dC[:, :, A] G[A, :].
-            cols = _active_columns(active, k)  # (B, k)
+            cols = _active_columns(yf, k)  # (B, k)
             cols_m = cols[:, None, :].expand(-1, b.z.shape[1], -1)  # (B, m, k)
             signed = a[:, None] * torch.gather(coef, 1, cols)[:, None, :]  # (B, m, k)
             dc_a = _update(torch.gather(b.z, 2, cols_m), signed, b.alpha)
