@@ -14,6 +14,7 @@ import pytest
 
 from bolab.client import LabClient
 from bolab.stack import ApiServer, RedisServer, WorkerProcess
+from tests.helpers import keyed_api_on_own_redis
 from worker.store import JobStore
 
 
@@ -108,18 +109,6 @@ def idle_lab(
     tmp_path_factory: pytest.TempPathFactory, lab_dir: Path, api_keys: dict
 ) -> Iterator[ApiServer]:
     """Its own Redis and a keyed API with small limits, and no worker: jobs stay queued."""
-    where = tmp_path_factory.mktemp("idle")
-    redis = RedisServer(where / "redis", log_path=where / "redis.log").start()
-    assert isinstance(redis, RedisServer)
-    env = {
-        "BOLAB_KEYS_FILE": str(lab_dir / "keys"),
-        "BOLAB_MAX_ACTIVE_JOBS": "3",
-        "BOLAB_MAX_BODY_BYTES": "4096",
-    }
-    server = ApiServer(redis.url, env=env, log_path=where / "api.log")
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-        redis.stop()
+    limits = {"BOLAB_MAX_ACTIVE_JOBS": "3", "BOLAB_MAX_BODY_BYTES": "4096"}
+    with keyed_api_on_own_redis(tmp_path_factory.mktemp("idle"), lab_dir / "keys", **limits) as api:
+        yield api

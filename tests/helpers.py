@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
+
+from bolab.stack import ApiServer, RedisServer
 
 T = TypeVar("T")
 
@@ -38,3 +42,20 @@ def assert_numbers_equal(a: Any, b: Any, path: str = "", rel: float = 1e-12) -> 
         assert abs(a - b) <= rel * max(abs(a), abs(b), 1e-300) or a == b, f"{path}: {a} != {b}"
     else:
         assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+@contextmanager
+def keyed_api_on_own_redis(where: Path, keys_file: Path, **env: str) -> Iterator[ApiServer]:
+    """A Redis of its own and a keyed API on it (no worker), for suites that fill or probe a
+    store without disturbing the shared one."""
+    redis = RedisServer(where / "redis", log_path=where / "redis.log")
+    redis.start()
+    server = ApiServer(
+        redis.url, env={"BOLAB_KEYS_FILE": str(keys_file), **env}, log_path=where / "api.log"
+    )
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        redis.stop()

@@ -18,7 +18,8 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
-from bolab.stack import ApiServer, RedisServer
+from bolab.stack import ApiServer
+from tests.helpers import keyed_api_on_own_redis
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -38,16 +39,8 @@ _lock = threading.Lock()
 @pytest.fixture(scope="module")
 def fuzz_api(tmp_path_factory: pytest.TempPathFactory, lab_dir: Path) -> Iterator[ApiServer]:
     where = tmp_path_factory.mktemp("fuzz")
-    redis = RedisServer(where / "redis", log_path=where / "redis.log")
-    redis.start()
-    env = {"BOLAB_KEYS_FILE": str(lab_dir / "keys"), "BOLAB_MAX_ACTIVE_JOBS": "100000"}
-    server = ApiServer(redis.url, env=env, log_path=where / "api.log")
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-        redis.stop()
+    with keyed_api_on_own_redis(where, lab_dir / "keys", BOLAB_MAX_ACTIVE_JOBS="100000") as api:
+        yield api
 
 
 @pytest.fixture(params=["with key", "without key"])
