@@ -1,6 +1,7 @@
 """Full-batch gradient descent on the summed hinge loss, many runs at once.
 
-B runs that share n and width train as one tensor program. Every GD step adds to w_j a linear
+B runs that share width, alpha and stop rule train as one tensor program (in the Gram form, runs
+of any n and d, padded to the largest n). Every GD step adds to w_j a linear
 combination of the training inputs, so W(t) = W(0) + C(t) X with C (B, width, n), and the
 pre-activations Z = W X^T (B, width, n) follow from
 
