@@ -1,5 +1,8 @@
 """Figures of a result: a heatmap for a two-axis sweep, curves for a one-axis sweep.
 
+Figures are built as plain `matplotlib.figure.Figure` objects, never through pyplot, so no
+global figure registry holds them (a long-running API draws many) and no display is needed.
+
 The heatmap uses a log colour scale for the mean test error, like the paper's figure; curves show
 the mean test error with its standard error, one line per value of a second axis if there is one.
 """
@@ -11,13 +14,9 @@ import itertools
 import math
 from typing import Any, Literal
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display: figures are files and HTTP responses
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import numpy as np
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
 
 # Axes tried when a result does not name its own, most telling first.
 CANDIDATE_AXES = (
@@ -71,6 +70,11 @@ def _mean_sem(cell: dict[str, Any]) -> tuple[float, float]:
     return stats["mean"], (stats["std"] or 0.0) / math.sqrt(runs)
 
 
+def _value(value: Any) -> str:
+    """A tick or legend text: numbers in short form, other values (a stop rule) as they are."""
+    return f"{value:g}" if isinstance(value, int | float) else str(value)
+
+
 def _label(axis: str) -> str:
     return {"d_over_n": "d / n", "gamma_times_n": "gamma n"}.get(axis, axis)
 
@@ -82,7 +86,8 @@ def heatmap(result: dict[str, Any], x: str, y: str) -> Figure:
     grid = np.full((len(ys), len(xs)), np.nan)
     for cell in cells:
         grid[ys.index(cell["params"][y]), xs.index(cell["params"][x])] = _mean_sem(cell)[0]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(xs), 1.2 + 0.45 * len(ys)), dpi=110)
+    fig = Figure(figsize=(1.0 + 0.55 * len(xs), 1.2 + 0.45 * len(ys)), dpi=110)
+    ax = fig.subplots()
     vmax = max(float(np.nanmax(grid)), LOG_FLOOR * 10)
     image = ax.imshow(
         np.clip(grid, LOG_FLOOR, None),
@@ -91,8 +96,8 @@ def heatmap(result: dict[str, Any], x: str, y: str) -> Figure:
         cmap="viridis",
         norm=LogNorm(vmin=LOG_FLOOR, vmax=vmax),
     )
-    ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
-    ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
+    ax.set_xticks(range(len(xs)), [_value(v) for v in xs])
+    ax.set_yticks(range(len(ys)), [_value(v) for v in ys])
     ax.set_xlabel(_label(x))
     ax.set_ylabel(_label(y))
     ax.set_title(f"mean test error ({_label(y)} vs {_label(x)})")
@@ -103,7 +108,8 @@ def heatmap(result: dict[str, Any], x: str, y: str) -> Figure:
 
 def curves(result: dict[str, Any], x: str, line: str | None) -> Figure:
     cells = result["cells"]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    fig = Figure(figsize=(6.4, 4.2), dpi=110)
+    ax = fig.subplots()
     groups = sorted({c["params"][line] for c in cells}) if line else [None]
     for value in groups:
         members = sorted(
@@ -112,7 +118,7 @@ def curves(result: dict[str, Any], x: str, line: str | None) -> Figure:
         )
         xs = [c["params"][x] for c in members]
         means, sems = zip(*(_mean_sem(c) for c in members), strict=True)
-        label = f"{_label(line)} = {value:g}" if line else None
+        label = f"{_label(line)} = {_value(value)}" if line else None
         ax.errorbar(xs, means, yerr=sems, marker="o", capsize=3, label=label)
     ax.set_xlabel(_label(x))
     ax.set_ylabel("mean test error")
@@ -143,8 +149,6 @@ def plot_result(result: dict[str, Any], kind: PlotKind = "auto") -> Figure:
 
 
 def figure_png(result: dict[str, Any], kind: PlotKind = "auto") -> bytes:
-    fig = plot_result(result, kind)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
+    plot_result(result, kind).savefig(buffer, format="png")
     return buffer.getvalue()

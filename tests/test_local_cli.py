@@ -108,3 +108,28 @@ def test_plot_kind_follows_the_swept_axes(grid_result: tuple[Path, dict]) -> Non
     one_axis = {"cells": result["cells"][:3], "axes": ["d_over_n"]}
     with pytest.raises(ValueError, match="two swept axes"):
         plot_result(one_axis, "heatmap")
+
+
+def test_plot_sweeps_of_text_values_and_keeps_no_figures() -> None:
+    """A sweep over the stop rule has text ticks; drawing keeps no figure alive (the API draws
+    one per request)."""
+    import matplotlib.pyplot as plt
+
+    from bo_engine.plots import figure_png
+    from bo_engine.runner import run_spec
+    from bo_engine.spec import JobSpec
+
+    spec = JobSpec.model_validate(
+        {
+            **TINY,
+            "n_test": 50,
+            "grid": {"stop": ["zero_train_error", "zero_loss"], "gamma": [0.1, 0.2]},
+        }
+    )
+    result = run_spec(spec)
+    for kind in ("auto", "heatmap", "lines"):
+        assert figure_png(result, kind).startswith(b"\x89PNG")  # type: ignore[arg-type]
+    heat = plot_result(result, "heatmap")
+    labels = [t.get_text() for t in heat.axes[0].get_xticklabels()]
+    assert labels == ["zero_loss", "zero_train_error"]
+    assert plt.get_fignums() == []
