@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -108,11 +107,10 @@ def _run_here(spec: JobSpec) -> dict[str, Any]:
 
 
 def _run_on_service(spec: JobSpec) -> dict[str, Any]:
-    from bolab.client import DEFAULT_URL
+    from bolab.client import default_url
     from bolab.service_cli import talking_to, wait_with_bar
 
-    url = os.environ.get("BOLAB_URL", DEFAULT_URL)
-    with talking_to(url) as client:
+    with talking_to(default_url()) as client:
         job_id = client.submit(spec.model_dump(exclude_unset=True))["id"]
         job = wait_with_bar(client, job_id)
         if job["status"] != "succeeded":

@@ -248,11 +248,12 @@ class WorkerProcess(ManagedProcess):
         ]  # fmt: skip
 
     def ready(self) -> bool:
+        from worker.settings import get_settings
         from worker.store import JobStore  # the client side of the heartbeat
 
         store = JobStore.from_url(self.redis_url)
         try:
-            return self.worker_name in store.live_workers(ttl_s=15.0)
+            return self.worker_name in store.live_workers(ttl_s=get_settings().worker_ttl_s)
         finally:
             store.redis.close()
 

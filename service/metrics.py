@@ -35,12 +35,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from worker import keys
 from worker import metrics as shared
 from worker.celery_app import QUEUES
+from worker.reaper import PRIORITY_SEP, PRIORITY_STEPS
 from worker.settings import get_settings
 from worker.store import JobStatus
 
 NS = "bolab"
 # Celery's Redis transport keeps messages of priority p > 0 in list "<queue>\x06\x16<p>".
-_PRIORITY_SEP = "\x06\x16"
 
 
 class LabCollector(Collector):
@@ -65,7 +65,7 @@ class LabCollector(Collector):
         for status in JobStatus:
             pipe.zcard(keys.jobs_in(status.value))
         for queue in QUEUES:
-            for name in (queue, *(f"{queue}{_PRIORITY_SEP}{p}" for p in (3, 6, 9))):
+            for name in (queue, *(f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS)):
                 pipe.llen(name)
         by_status = pipe.execute()
         depths = by_status[len(JobStatus) :]

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from worker.events import progress_data
 from worker.store import JobRecord, JobStatus, Progress
 
 JOB_ID_EXAMPLE = "0193a1b2c3d4e5f60718"
@@ -181,11 +182,8 @@ def _time(ts: float | None) -> datetime | None:
 
 
 def progress_view(job: JobRecord, progress: Progress) -> ProgressView:
-    done = min(progress.runs_done, job.runs_total)
     return ProgressView(
-        runs_done=done,
-        runs_total=job.runs_total,
-        fraction=done / job.runs_total if job.runs_total else 1.0,
+        **progress_data(progress.runs_done, job.runs_total),
         batches_done=progress.batches_done,
         batches_total=job.batches_total,
     )
