@@ -26,6 +26,7 @@ from bolab.stack import ApiServer, RedisServer, WorkerProcess
 from tests.helpers import TINY, eventually
 from worker import keys
 from worker.reaper import broker_view
+from worker.store import JobStore
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
@@ -209,3 +210,42 @@ def test_api_restart_loses_and_duplicates_nothing(fault_lab: Lab) -> None:
     ids = [j["id"] for j in lab.client.list(limit=200)["items"]]
     assert len(ids) == len(set(ids)) == len(listed_before)
     assert httpx.get(f"{lab.api.url}/readyz").status_code == 200
+
+
+def test_job_whose_batches_all_finished_is_closed_by_the_reaper(fault_lab: Lab) -> None:
+    """A worker that dies (or loses Redis) after recording its job's last batch as done but
+    before closing the job leaves it running with nothing left to run; the reaper closes it."""
+    lab = fault_lab
+    done = lab.client.submit({**TINY, "seed": 7})["id"]
+    assert finished(lab, done, 60)["status"] == "succeeded"
+    jobs = JobStore.from_url(lab.redis.url)
+    try:
+        source = jobs.get(done)
+        assert source is not None and source.batches_total and source.engine
+        # Exactly what the dead worker left: cells and every batch written, status running.
+        # Created in the store, not through the API, so that no task of it is ever queued.
+        job_id = jobs.create(
+            source.spec, runs_total=source.runs_total, cells_total=source.cells_total, queue="cpu"
+        ).id
+        assert jobs.mark_running(job_id)
+        jobs.set_batches_total(job_id, source.batches_total)
+        for cell, row in zip(jobs.cells(done), jobs.summaries(done), strict=True):
+            jobs.put_cell(job_id, cell, row)
+        engine = {k: v for k, v in source.engine.items() if k != "wall_seconds"}
+        runs = {int(b): int(n) for b, n in jobs.redis.hgetall(keys.progress(done)).items()}
+        for batch, n in runs.items():
+            jobs.finish_batch(job_id, batch, n, 0.5, engine=engine)
+        left_at = time.monotonic()
+        # Bound: the next sweep (0.5 s), or the reaper lock's lifetime (1.5 s) and a sweep
+        # when the reaper changes hands; 2 s of slack for a loaded CI box.
+        job = finished(lab, job_id, 10)
+        took = time.monotonic() - left_at
+        ends = [e for _, e in jobs.redis.xrange(keys.events(job_id)) if e["event"] == "end"]
+    finally:
+        jobs.redis.close()
+    assert job["status"] == "succeeded", job.get("error")
+    assert took < 4.0, f"closed {took:.1f} s after it was left"
+    assert len(ends) == 1  # one end event: one process won the terminal transition
+    result = lab.client.results(job_id)
+    assert result["cells"] == lab.client.results(done)["cells"]
+    assert result["engine"] == {**engine, "wall_seconds": 0.5 * len(runs)}

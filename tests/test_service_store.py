@@ -8,6 +8,7 @@ from celery import Celery
 from bolab.client import LabClient
 from bolab.stack import RedisServer
 from tests.helpers import TINY
+from worker import keys
 from worker.celery_app import PLAN_JOB, RUN_BATCH
 from worker.store import JobStatus, JobStore
 
@@ -50,6 +51,34 @@ def test_batch_writes_are_idempotent(store: JobStore) -> None:
     store.put_cell(job_id, cell, {"index": 1})
     store.put_cell(job_id, cell, {"index": 1})
     assert store.cells(job_id) == [cell]
+
+
+def test_close_if_done_closes_once_and_only_when_every_batch_is_done(store: JobStore) -> None:
+    job_id = new_job(store, runs=4)
+    assert not store.close_if_done(job_id)  # not planned yet
+    store.set_batches_total(job_id, 2)
+    assert store.mark_running(job_id)
+    facts = {"version": "0", "torch": "x", "device": "cpu", "dtype": "float64"}
+    store.finish_batch(job_id, 0, 2, 0.5, engine={**facts, "wall_seconds": 0.5})
+    assert not store.close_if_done(job_id)  # batch 1 is still open
+    store.finish_batch(job_id, 1, 2, 0.25, engine={**facts, "wall_seconds": 0.25})
+    assert store.close_if_done(job_id)
+    assert not store.close_if_done(job_id)  # the reaper or a redelivery, after the worker
+    job = store.get(job_id)
+    assert job is not None and job.status == JobStatus.succeeded
+    assert job.engine == {**facts, "wall_seconds": 0.75}  # the job's total, not the batch's
+    ends = [e for _, e in store.redis.xrange(keys.events(job_id)) if e["event"] == "end"]
+    assert len(ends) == 1
+
+
+def test_close_if_done_leaves_a_terminal_job_alone(store: JobStore) -> None:
+    job_id = new_job(store, runs=2)
+    store.set_batches_total(job_id, 1)
+    store.finish_batch(job_id, 0, 2, 0.5, engine={"device": "cpu"})
+    assert store.cancel(job_id)
+    assert not store.close_if_done(job_id)
+    job = store.get(job_id)
+    assert job is not None and job.status == JobStatus.cancelled and job.engine is None
 
 
 def test_unknown_job_transitions_nothing(store: JobStore) -> None:

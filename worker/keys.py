@@ -2,14 +2,15 @@
 
     bolab:jobs                    zset  every job id (score 0, ids sort by time: newest = last)
     bolab:jobs:{status}           zset  job ids in that status, same ordering
-    bolab:job:{id}                hash  the job record (status, spec JSON, timestamps, error, ...)
+    bolab:job:{id}                hash  the job record (status, spec JSON, timestamps, error, ...;
+                                        batch_engine: engine facts of the last batch done)
     bolab:job:{id}:cells          hash  cell index -> full cell result JSON (runs + summary)
     bolab:job:{id}:summaries      hash  cell index -> flat summary row JSON (for status polls)
     bolab:job:{id}:progress       hash  batch index -> runs finished in that batch so far
     bolab:job:{id}:batches        hash  batch index -> wall seconds, once the batch is done
     bolab:job:{id}:cancel         str   present when a cancel was requested
     bolab:workers                 zset  worker name -> unix time of its last heartbeat
-    bolab:worker:{name}           hash  queues, pid, host of a live worker (expires)
+    bolab:worker:{name}           hash  queues, pid, seen (unix time) of a live worker (expires)
     bolab:jobs:owner:{owner}      zset  that owner's job ids (and `...:{status}` per status)
     bolab:idem:{owner}:{sha256}   str   "body-hash job-id" of an Idempotency-Key (expires)
     bolab:job:{id}:lease:{unit}   str   held while a worker runs unit "plan" or a batch index;

@@ -15,13 +15,17 @@ a task killed by a hard time limit is acknowledged and gone. So:
   or running job, every `reaper_interval_s`. For each unit that is not finished and has no live
   lease it finds the unit's task message in the broker: waiting in a queue (fine), delivered but
   unacknowledged for over `orphan_grace_s` (its worker is dead: put it back at the head of its
-  queue), or nowhere for two sweeps in a row (send it again). A unit started `max_attempts`
-  times without finishing fails its job, with the reason.
+  queue), or nowhere for `orphan_grace_s` (send it again). A unit started `max_attempts`
+  times without finishing fails its job, with the reason. A job with every batch recorded
+  done but still active (the last batch's worker died, or lost Redis, between recording the
+  batch and closing the job) is closed as succeeded from the store (`JobStore.close_if_done`).
 
 Bound: a batch of a SIGKILLed worker is back in its queue at most lease_ttl_s + orphan_grace_s +
 reaper_interval_s after the kill (35 s by default), or, when no worker was up, one reaper lock
 lifetime (3 reaper_interval_s) after the first worker starts; it runs as soon as a worker is
-free. Tasks are idempotent, so a false alarm costs a duplicate delivery, never a duplicate result.
+free. A job left with all its batches done is closed at the next sweep: within reaper_interval_s,
+or one lock lifetime more when the reaper changes hands. Tasks are idempotent, so a false alarm
+costs a duplicate delivery, never a duplicate result.
 """
 
 from __future__ import annotations
@@ -200,7 +204,13 @@ class Reaper:
         actions: list[str] = []
         seen_missing: dict[tuple[str, str], float] = {}
         for job_id in active:
-            for unit in self._open_units(job_id):
+            units = self._open_units(job_id)
+            if not units:
+                # Nothing left to run (or the job just ended): only closing can be missing.
+                if self.store.close_if_done(job_id):
+                    actions.append(f"closed {job_id}")
+                continue
+            for unit in units:
                 if r.exists(keys.lease(job_id, unit)) or (job_id, unit) in view.waiting:
                     continue
                 attempts = int(r.hget(keys.attempts(job_id), unit) or 0)

@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     max_cells: int = Field(10_000, ge=1, description="grid cells per job")
     max_steps: int = Field(1_000_000_000, ge=1)
     # Work units: multiply-adds of one GD step (width*n*n Gram form, width*n*d plain) times
-    # max_steps, summed over runs. The paper's 550-run heatmap at the default max_steps is 8e13.
+    # max_steps, summed over runs, plus building each run's data (service.limits.estimate_cost).
+    # examples/paper_heatmap.json (550 runs, default max_steps 100000) comes to 3.87e13.
     max_cost: float = Field(1e15, gt=0, description="bound on the estimated work of a job")
     max_batch_bytes: int = Field(8 << 30, ge=1, description="bound on one batch's tensors")
     max_active_jobs: int = Field(100, ge=1, description="queued+running jobs per key")

@@ -308,12 +308,6 @@ class JobStore:
     def set_batches_total(self, job_id: str, total: int) -> None:
         self.redis.hset(keys.job(job_id), "batches_total", total)
 
-    def active_count(self, owner: str) -> int:
-        pipe = self.redis.pipeline(transaction=False)
-        for status in ACTIVE:
-            pipe.zcard(keys.owner_jobs(owner, status))
-        return sum(pipe.execute())
-
     # --- cancellation --------------------------------------------------------------------
 
     def cancel(self, job_id: str) -> bool:
@@ -344,15 +338,44 @@ class JobStore:
     def batch_done(self, job_id: str, batch: int) -> bool:
         return bool(self.redis.hexists(keys.batches(job_id), str(batch)))
 
-    def finish_batch(self, job_id: str, batch: int, runs: int, wall_seconds: float) -> bool:
-        """Record a finished batch; True when it was the last one the job was waiting for."""
+    def finish_batch(
+        self,
+        job_id: str,
+        batch: int,
+        runs: int,
+        wall_seconds: float,
+        engine: dict[str, Any] | None = None,
+    ) -> bool:
+        """Record a finished batch; True when it was the last one the job was waiting for.
+        `engine` (the engine facts of this batch's run) is kept with it so that any process,
+        torch or not, can close the job from the store alone (`close_if_done`)."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(keys.progress(job_id), str(batch), runs)
         pipe.hset(keys.batches(job_id), str(batch), repr(wall_seconds))
+        if engine is not None:
+            # In the same transaction: a batch recorded done always has its engine facts.
+            pipe.hset(keys.job(job_id), "batch_engine", json.dumps(engine, separators=(",", ":")))
         pipe.hlen(keys.batches(job_id))
         pipe.hget(keys.job(job_id), "batches_total")
         *_, done, total = pipe.execute()
         return total is not None and done >= int(total)
+
+    def close_if_done(self, job_id: str) -> bool:
+        """Mark an active job succeeded if every one of its batches is recorded done; True when
+        this call closed it. The worker of the last batch calls it, and so do a redelivered
+        batch and the reaper: that worker can die (or lose Redis) between `finish_batch` and
+        this call, and then nothing else is left to run that would close the job."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hmget(keys.job(job_id), "status", "batches_total", "batch_engine")
+        pipe.hvals(keys.batches(job_id))
+        (status, total, engine), walls = pipe.execute()
+        if status not in ACTIVE or total is None or len(walls) < int(total):
+            return False
+        # Compute time of the whole job, over the facts of the batch that finished last. The
+        # transition is one-way: of concurrent callers, one closes the job and writes its end.
+        facts = json.loads(engine) if engine else {}
+        facts["wall_seconds"] = sum(float(w) for w in walls)
+        return self.mark_succeeded(job_id, facts)
 
     def compute_seconds(self, job_id: str) -> float:
         return sum(float(v) for v in self.redis.hvals(keys.batches(job_id)))

@@ -123,7 +123,11 @@ def _run_batch(job_id: str, batch_index: int, lease: Lease) -> None:
 
     settings, jobs = get_settings(), store()
     job = jobs.get(job_id)
-    if job is None or job.terminal or jobs.batch_done(job_id, batch_index):
+    if job is None or job.terminal:
+        return
+    if jobs.batch_done(job_id, batch_index):
+        # A redelivery of a finished batch: its worker may have died before closing the job.
+        jobs.close_if_done(job_id)
         return
     loaded = _load(job_id)
     assert loaded is not None
@@ -200,10 +204,11 @@ def _run_batch(job_id: str, batch_index: int, lease: Lease) -> None:
         logs.event(
             "batch.ended", job_id=job_id, owner=job.owner, batch=batch_index, seconds=round(wall, 3)
         )
-    last = jobs.finish_batch(job_id, batch_index, batch.runs, wall)
+    engine = runner.engine_info(device, spec.dtype, wall)
+    last = jobs.finish_batch(job_id, batch_index, batch.runs, wall, engine=engine)
     report_progress(batch.runs)
     if last:
         # The worker that finishes the last batch closes the job; the transition is atomic,
-        # so a re-delivered duplicate cannot close it twice.
-        engine = runner.engine_info(device, spec.dtype, jobs.compute_seconds(job_id))
-        jobs.mark_succeeded(job_id, engine)
+        # so a re-delivered duplicate cannot close it twice. Should this process die first,
+        # the reaper closes the job from what finish_batch stored.
+        jobs.close_if_done(job_id)
