@@ -297,8 +297,11 @@ def up(
     from worker.settings import get_settings
 
     data = data_dir or get_settings().data_dir
-    if not os.environ.get("BOLAB_KEYS_FILE") and (data / "keys").exists():
-        os.environ["BOLAB_KEYS_FILE"] = str((data / "keys").resolve())  # `bolab keys add`
+    if not os.environ.get("BOLAB_KEYS_FILE"):
+        # Always, so `bolab keys add` takes effect while we run. A keys file that does not exist
+        # is "no keys configured": open, loopback only, with the warning. Once it exists (even
+        # emptied later) keys are configured and the API is never open (service.auth.KeyRing).
+        os.environ["BOLAB_KEYS_FILE"] = str((data / "keys").resolve())
     _refuse_open_bind(host)
     if not port_free(redis_port):  # another Redis there: pick a free port, say so below
         redis_port = 0

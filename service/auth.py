@@ -8,7 +8,11 @@ a key up without a per-entry KDF. The presented key's hash is compared with ever
 `hmac.compare_digest` (no early exit), so timing says nothing about which bytes matched.
 
 With no keys configured the API is open: every caller is `anonymous` with the admin role (the
-single-user `bolab up` on 127.0.0.1; the CLI refuses other addresses without keys).
+single-user `bolab up` on 127.0.0.1; the CLI refuses other addresses without keys). "Configured"
+means BOLAB_API_KEYS is not blank, or the keys file exists (or once existed in this process): a
+configured service is never open, and with no valid entries it refuses everyone (401). So
+revoking the last key, or an editor truncating or replacing the file, locks the API instead of
+opening it to anyone. A malformed entry is skipped (and logged by position, never by content).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
 import re
 import secrets
 from dataclasses import dataclass
@@ -34,6 +39,7 @@ ROLES: tuple[Role, ...] = ("user", "admin")
 OWNER_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # also safe inside Redis key names
 ANONYMOUS = "anonymous"
 KEY_PREFIX = "bolab_"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,30 +85,49 @@ def parse_entry(text: str) -> KeyEntry:
     return KeyEntry(owner, role, bytes.fromhex(hexdigest))  # type: ignore[arg-type]
 
 
+def parse_entries(texts: list[str], source: str) -> list[KeyEntry]:
+    """The valid entries; a bad one must not turn every request into a 500 (it is skipped and
+    logged by position only: the line may hold a key pasted by mistake)."""
+    entries = []
+    for number, text in enumerate(texts, 1):
+        if not text.strip() or text.lstrip().startswith("#"):
+            continue
+        try:
+            entries.append(parse_entry(text))
+        except ValueError:
+            log.warning("skipping malformed API key entry at %s:%d", source, number)
+    return entries
+
+
 class KeyRing:
     """The configured entries; the keys file is re-read when it changes (no restart needed)."""
 
     def __init__(self, inline: str, path: Path | None) -> None:
-        self.inline = [parse_entry(e) for e in inline.split(",") if e.strip()]
+        self.inline = parse_entries(inline.split(","), "BOLAB_API_KEYS")
         self.path = path
         self._stamp: tuple[float, int] | None = None
         self._from_file: list[KeyEntry] = []
+        # Sticky: once configured, never open again, whatever later happens to the file.
+        self._configured = bool(inline.strip())
 
     def entries(self) -> list[KeyEntry]:
-        if self.path is not None and self.path.exists():
-            stat = self.path.stat()
-            stamp = (stat.st_mtime, stat.st_size)
-            if stamp != self._stamp:
-                lines = self.path.read_text().splitlines()
-                self._from_file = [
-                    parse_entry(line) for line in lines if line.strip() and line[0] != "#"
-                ]
-                self._stamp = stamp
+        if self.path is not None:
+            try:
+                stat = self.path.stat()
+                self._configured = True
+                stamp = (stat.st_mtime, stat.st_size)
+                if stamp != self._stamp:
+                    lines = self.path.read_text().splitlines()
+                    self._from_file = parse_entries(lines, str(self.path))
+                    self._stamp = stamp
+            except FileNotFoundError:
+                pass  # not created yet (open unless configured before), or gone: keep what we had
         return self.inline + self._from_file
 
     @property
     def open(self) -> bool:
-        return not self.entries()
+        self.entries()  # notices a keys file created since the last call
+        return not self._configured
 
     def lookup(self, key: str) -> KeyEntry | None:
         presented = digest(key)

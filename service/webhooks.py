@@ -8,7 +8,7 @@ addresses, and receivers must be able to check where a call came from.
 
 Delivery never runs in a worker. The process that ends a job (`worker.events.job_ended`) only
 puts its id in the `bolab:webhooks:due` sorted set (score: when due). Every API process runs
-`deliver_forever`, which claims due ids (pushing their score a lease ahead, so a crashed
+`Deliverer.run_forever`, which claims due ids (pushing their score a lease ahead, so a crashed
 deliverer's claim comes due again), POSTs, and on failure reschedules with doubling backoff
 until `BOLAB_WEBHOOK_MAX_ATTEMPTS`. Redirects are not followed (they could point anywhere).
 
@@ -63,9 +63,15 @@ def host_allowed(host: str, allowed: str) -> bool:
 
 def check_url(url: str, settings: Settings) -> str:
     """The URL if webhooks may go there, else a 422 naming `notify_url` and the reason."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # parsed lazily: a bad port raises only here
+    except ValueError:  # "http://[", "http://h:abc/": a 422 like any other bad URL, not a 500
+        parts = None
     if not settings.webhook_secret:
         reason = "webhooks are off: the deployment has no BOLAB_WEBHOOK_SECRET"
+    elif parts is None:
+        reason = "notify_url is not a valid URL (host or port)"
     elif parts.scheme not in ("http", "https") or not parts.hostname:
         reason = "notify_url must be an absolute http(s) URL"
     elif parts.username or parts.password:
@@ -104,7 +110,14 @@ class Deliverer:
             while True:
                 try:
                     due = await asyncio.to_thread(self._due)
-                    await asyncio.gather(*(self._deliver(http, job_id) for job_id in due))
+                    done = await asyncio.gather(
+                        *(self._deliver(http, job_id) for job_id in due), return_exceptions=True
+                    )
+                    # One job's surprise must not end delivery for all: log it; its claim's
+                    # lease runs out and it is tried again.
+                    for job_id, result in zip(due, done, strict=True):
+                        if isinstance(result, Exception):
+                            log.error("webhook of job %s failed", job_id, exc_info=result)
                 except redis.RedisError:
                     log.warning("webhook outbox unreachable; retrying", exc_info=True)
                 await asyncio.sleep(self.settings.webhook_poll_s)
@@ -134,7 +147,9 @@ class Deliverer:
             response = await http.post(url, content=body, headers=headers)
             outcome = f"HTTP {response.status_code}"
             ok = response.is_success
-        except httpx.HTTPError as exc:
+        # Not only httpx.HTTPError: a URL can make httpx raise InvalidURL or an IDNA error.
+        # Whatever one POST raises is a failed attempt, retried and capped like the others.
+        except Exception as exc:
             outcome, ok = f"{type(exc).__name__}: {exc}", False
         logs.event("webhook.attempt", job_id=job_id, attempt=attempt, outcome=outcome, ok=ok)
         if ok:

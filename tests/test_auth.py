@@ -152,3 +152,52 @@ def _no_keys_env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if k not in ("BOLAB_KEYS_FILE", "BOLAB_API_KEYS")}
+
+
+def _keyed_server(redis_url: str, keys_file: Path, log: Path) -> ApiServer:
+    """An API reading its own keys file (the shared one stays intact for the other tests)."""
+    env = {**_no_keys_env(), "BOLAB_KEYS_FILE": str(keys_file)}
+    return ApiServer(redis_url, env=env, log_path=log)
+
+
+def test_emptied_keys_file_locks_the_api_not_opens_it(redis_server, tmp_path: Path) -> None:  # noqa: ANN001
+    from service.auth import entry_line, new_key
+
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("")  # exists, no entries yet: configured, so nobody gets in
+    server = _keyed_server(redis_server.url, keys_file, tmp_path / "api.log")
+    server.start()
+    try:
+        with as_(server, None) as nobody:
+            assert nobody.http.get("/v1/jobs").status_code == 401
+            key = new_key()
+            keys_file.write_text(entry_line("erin", "user", key) + "\n")
+            with as_(server, key) as erin:
+                assert eventually(lambda: erin.http.get("/v1/jobs").status_code == 200, 5)
+                keys_file.write_text("")  # the last key revoked (or an editor truncated it)
+                assert eventually(lambda: erin.http.get("/v1/jobs").status_code == 401, 5)
+            assert nobody.http.get("/v1/jobs").status_code == 401  # not anonymous admin
+    finally:
+        server.stop()
+
+
+def test_malformed_keys_line_is_skipped_not_500(redis_server, tmp_path: Path) -> None:  # noqa: ANN001
+    from service.auth import entry_line, new_key
+
+    key = new_key()
+    bad = ["not-an-entry", "x:user:" + "zz" * 32, "a:b:c:d"]
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("\n".join([*bad, entry_line("fay", "user", key)]) + "\n")
+    log = tmp_path / "api.log"
+    server = _keyed_server(redis_server.url, keys_file, log)
+    server.start()
+    try:
+        with as_(server, key) as fay, as_(server, None) as nobody:
+            assert fay.http.get("/v1/jobs").status_code == 200
+            assert nobody.http.get("/v1/jobs").status_code == 401
+            assert fay.http.get("/v1/jobs").status_code == 200
+    finally:
+        server.stop()
+    text = log.read_text()
+    assert "malformed" in text and f"{keys_file}:1" in text
+    assert not any(line in text for line in bad)  # the entries themselves stay out of the log

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -65,3 +66,34 @@ def _ready(url: str) -> bool:
         return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_up_picks_up_keys_added_while_it_runs(tmp_path: Path) -> None:
+    api_port, data = free_port(), tmp_path / "data"
+    log = tmp_path / "up.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("BOLAB_KEYS_FILE", "BOLAB_API_KEYS")}
+    with log.open("wb") as sink:
+        up = subprocess.Popen(
+            [*BOLAB, "up", "--port", str(api_port), "--redis-port", str(free_port()),
+             "--data-dir", str(data)],
+            stdout=sink, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{api_port}"
+        eventually(lambda: _ready(url), timeout=90, every=0.2)
+        assert "no API keys configured" in log.read_text().replace("\n", " ")
+        assert httpx.get(f"{url}/v1/jobs").status_code == 200  # open on loopback, as warned
+        added = subprocess.run(
+            [*BOLAB, "keys", "add", "gus", "--file", str(data / "keys")],
+            capture_output=True, text=True, check=True, env=env,
+        )  # fmt: skip
+        key = added.stdout.strip()
+        assert eventually(lambda: httpx.get(f"{url}/v1/jobs").status_code == 401, timeout=5)
+        assert httpx.get(f"{url}/v1/jobs", headers={"X-API-Key": key}).status_code == 200
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(timeout=60)
+        finally:
+            if up.poll() is None:
+                up.kill()

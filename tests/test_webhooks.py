@@ -174,3 +174,25 @@ def test_allowed_hosts_and_webhooks_off(hooked: LabClient, lab: LabClient) -> No
     with pytest.raises(LabError) as off:  # the session API has no secret: webhooks are off
         lab.submit(TINY, notify_url="http://127.0.0.1:9/hook")
     assert off.value.status_code == 422 and "BOLAB_WEBHOOK_SECRET" in str(off.value.detail)
+
+
+@pytest.mark.parametrize("url", ["http://ci.lab.example:abc/hook", "http://["])
+def test_unparseable_url_is_422_not_500(hooked: LabClient, url: str) -> None:
+    with pytest.raises(LabError) as refused:
+        hooked.submit(TINY, notify_url=url)
+    assert refused.value.status_code == 422
+    assert refused.value.detail[0]["loc"] == ["query", "notify_url"]
+
+
+def test_url_httpx_rejects_is_a_failed_attempt(
+    hooked: LabClient, receiver: Receiver, store: JobStore
+) -> None:
+    # Allowed by the list, but httpx cannot encode the host (an IDNA error, not an HTTPError).
+    odd = hooked.submit(TINY, notify_url="http://xn--a.lab.example/hook")["id"]
+    assert hooked.wait(odd, timeout=60)["status"] == "succeeded"
+    outcome = eventually(lambda: store.redis.hget(keys.job(odd), "webhook"), timeout=15)
+    assert outcome.startswith(f"failed after {ATTEMPTS}")
+    # The deliverer lives on: the next job's webhook still arrives.
+    after = hooked.submit(TINY, notify_url=receiver.url("/after-odd"))["id"]
+    call = eventually(lambda: receiver.to("/after-odd"), timeout=30)[0]
+    assert call.headers["X-Bolab-Delivery"] == after
