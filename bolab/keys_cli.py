@@ -53,13 +53,12 @@ def list_keys(
     file: Annotated[Path | None, typer.Option("--file", help="keys file")] = None,
 ) -> None:
     """Owners and roles in the keys file (keys themselves are not stored anywhere)."""
-    from service.auth import parse_entry
+    from service.auth import parse_entries
 
     path = file or default_keys_file()
     if not path.exists():
         typer.echo(f"no keys file at {path}", err=True)
         raise typer.Exit(1)
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            entry = parse_entry(line)
-            typer.echo(f"{entry.owner}\t{entry.role}")
+    # The same reading as the API's: malformed lines are skipped with a warning, as it does.
+    for entry in parse_entries(path.read_text().splitlines(), str(path)):
+        typer.echo(f"{entry.owner}\t{entry.role}")

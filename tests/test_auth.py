@@ -201,3 +201,9 @@ def test_malformed_keys_line_is_skipped_not_500(redis_server, tmp_path: Path) ->
     text = log.read_text()
     assert "malformed" in text and f"{keys_file}:1" in text
     assert not any(line in text for line in bad)  # the entries themselves stay out of the log
+    # `bolab keys list` reads the file the same way: the good entry, no traceback.
+    listed = subprocess.run(
+        [*BOLAB, "keys", "list", "--file", str(keys_file)], capture_output=True, text=True
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout == "fay\tuser\n"
