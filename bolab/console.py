@@ -1,6 +1,7 @@
 """The CLI's two consoles: results on stdout, progress and messages on stderr."""
 
 import sys
+from pathlib import Path
 
 from rich.console import Console
 
@@ -8,3 +9,12 @@ from rich.console import Console
 # summary table's numbers, so give it room instead.
 out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)  # long ids and URLs stay on one line
+
+
+def emit(text: str, out_file: Path | None) -> None:
+    """A verb's document: to stdout (newline-terminated), or to `--out` with a note on stderr."""
+    if out_file is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    else:
+        out_file.write_text(text)
+        err.print(f"wrote {out_file}")

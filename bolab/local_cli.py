@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,7 +20,7 @@ from rich.progress import (
 )
 
 from bo_engine.spec import JobSpec
-from bolab.console import err, out
+from bolab.console import emit, err, out
 
 Format = Literal["json", "csv", "table"]
 SpecArg = Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JobSpec JSON file")]
@@ -47,11 +46,7 @@ def write_result(result: dict[str, Any], spec: JobSpec, fmt: Format, out_file: P
         out.print(summary_table({**job, "summary": summary_rows(result["cells"])}))
         return
     text = cells_to_csv(result["cells"]) if fmt == "csv" else json.dumps(result, indent=2)
-    if out_file is None:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
-    else:
-        out_file.write_text(text)
-        err.print(f"wrote {out_file}")
+    emit(text, out_file)
 
 
 def run(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bolab.client import DEFAULT_URL, Job, LabClient, LabError
-from bolab.console import err, out
+from bolab.console import emit, err, out
 
 UrlOpt = Annotated[
     str, typer.Option("--url", envvar="BOLAB_URL", help="lab service URL", show_default=True)
@@ -174,11 +173,7 @@ def results(
     fmt: Literal["json", "csv"] = "csv" if format == "csv" else "json"
     with talking_to(url) as client:
         text = client.results_text(job_id, fmt)
-    if out_file is None:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
-    else:
-        out_file.write_text(text)
-        err.print(f"wrote {out_file}")
+    emit(text, out_file)
 
 
 def cancel(job_id: JobArg, url: UrlOpt = DEFAULT_URL) -> None:
