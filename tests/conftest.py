@@ -18,6 +18,17 @@ from tests.helpers import keyed_api_on_own_redis
 from worker.store import JobStore
 
 
+@pytest.fixture(params=["compiled_loop", "batched"])
+def engine_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways `train_batch` trains on a CPU: Gram-form runs in the compiled loop (what a CPU
+    uses), or everything as one batched tensor program (what a GPU uses, forced here)."""
+    import bo_engine.train as train_mod
+
+    if request.param == "batched":
+        monkeypatch.setattr(train_mod, "_uses_compiled_loop", lambda device, cell: False)
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def lab_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("lab")

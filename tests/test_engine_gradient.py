@@ -179,6 +179,7 @@ def run(setups: list[RunSetup], dtype=F64) -> None:
     )
 
 
+@pytest.mark.usefixtures("engine_path")  # both CPU training paths (tests/conftest.py)
 @pytest.mark.parametrize("d", [20, 2])  # Gram form (4d >= n) and plain form (4d < n)
 def test_train_batch_one_step_through_result_path(monkeypatch, d: int) -> None:
     seen = capture_weights(monkeypatch)
@@ -195,6 +196,7 @@ def test_train_batch_one_step_through_result_path(monkeypatch, d: int) -> None:
     assert result["margin"] == pytest.approx(float(yf.min()), rel=1e-10)
 
 
+@pytest.mark.usefixtures("engine_path")  # both CPU training paths (tests/conftest.py)
 @pytest.mark.parametrize("d", [20, 2])
 def test_batched_runs_that_stop_at_different_steps_follow_autograd_gd(monkeypatch, d) -> None:
     """Runs leave the batch at different steps; each survivor's W must still be its own GD."""
@@ -221,6 +223,7 @@ def test_batched_runs_that_stop_at_different_steps_follow_autograd_gd(monkeypatc
     assert stopped_early >= 1  # the batch really shrank mid-run
 
 
+@pytest.mark.usefixtures("engine_path")  # both CPU training paths (tests/conftest.py)
 def test_padded_gram_batch_of_different_n_and_d_follows_autograd_gd(monkeypatch) -> None:
     """Gram-form runs of different n and d share a batch (padded to the largest n); each run's W
     must be its own GD, whatever the padding."""

@@ -18,6 +18,8 @@ from bo_engine.spec import Cell, JobSpec, TheoryRule
 from bo_engine.train import RunSetup, train_batch
 
 F64 = torch.float64
+# Every test here runs on both training paths of a CPU (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("engine_path")
 
 
 def run(setups: list[RunSetup], dtype=F64) -> dict[int, dict[str, Any]]:

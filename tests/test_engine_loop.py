@@ -1,0 +1,159 @@
+"""The compiled CPU loop (`bo_engine.loop`) against the batched tensor step, and the thread pool
+that `train_batch` runs it in.
+
+The loop sums each row's update over the smaller of two sides of the active set (the points with
+z > 0, or the rest); the first test checks, float64 over 200 steps, that both sides were taken
+and that the iterates equal the batched `_step`'s.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import bo_engine.loop as loop_mod
+import bo_engine.train as train_mod
+from bo_engine.data import make_train_set
+from bo_engine.loop import LoopRun, train_run
+from bo_engine.model import init_weights, outer_weights
+from bo_engine.spec import JobSpec, TheoryRule
+from bo_engine.train import RunSetup, _build, _outputs, _step, train_batch
+
+F64 = torch.float64
+CPU = torch.device("cpu")
+STEPS = 200
+
+
+def one_run(n: int, d: int, width: int, alpha: float, seed: int = 0):
+    """A zero-loss run with half the default step size, so that 200 steps never reach the rule."""
+    spec = JobSpec(n=n, d=d, width=width, alpha=alpha, gamma=3 / n, n_test=1, stop="zero_loss")
+    cell = spec.cells[0].model_copy(update={"lr": spec.cells[0].lr / 2})
+    return cell, make_train_set(cell, seed), init_weights(cell, seed)
+
+
+@pytest.mark.parametrize("n,d,width,alpha", [(24, 8, 4, 0.1), (24, 60, 16, 0.5), (40, 40, 64, 0.1)])
+def test_loop_iterates_equal_the_batched_step(n: int, d: int, width: int, alpha: float) -> None:
+    cell, train, w0 = one_run(n, d, width, alpha)
+    b = _build([RunSetup(0, cell, 0)], [train], [w0], CPU, F64)
+    b.gram, b.x, b.w = (train.x @ train.x.T)[None], None, None  # the Gram form, whatever d
+    a = outer_weights(width, F64)
+    sides: set[bool] = set()
+    for _ in range(STEPS):
+        yf = b.y * _outputs(b, a)
+        active = yf[0] < 1
+        if active.any():
+            positive = (b.z[0][:, active] > 0).sum(1)
+            sides |= set((2 * positive <= int(active.sum())).tolist())  # the side each row sums
+        _step(b, a, yf)
+
+    run = LoopRun.build(train.x, train.y, w0, cell.lr, cell.alpha, F64)
+    assert run.steps(STEPS, zero_loss=True) == (STEPS, False)  # no early stop: 200 steps compared
+    assert sides == {True, False}
+    scale = float(b.c.abs().max())
+    np.testing.assert_allclose(run.c, b.c[0].numpy(), rtol=0, atol=1e-10 * scale)
+    np.testing.assert_allclose(run.z, b.z[0].numpy(), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(run.f, _outputs(b, a)[0].numpy(), rtol=0, atol=1e-10)
+    assert float((b.z[0] - b.z0[0]).abs().max()) > 1e-3  # training moved Z
+
+
+def test_train_run_records_resyncs_and_stops_on_budget(monkeypatch) -> None:
+    """Returning to Python every few steps (records, resyncs) leaves the iterates as they were."""
+    cell, train, w0 = one_run(24, 60, 16, 0.1)
+    whole = LoopRun.build(train.x, train.y, w0, cell.lr, cell.alpha, F64)
+    assert whole.steps(50, zero_loss=True) == (50, False)
+
+    monkeypatch.setattr(loop_mod, "RESYNC_EVERY", 7)
+    chunked = LoopRun.build(train.x, train.y, w0, cell.lr, cell.alpha, F64)
+    recorded: list[tuple[int, np.ndarray]] = []
+    steps, reached = train_run(
+        chunked,
+        max_steps=50,
+        zero_loss=True,
+        record_every=5,
+        record=lambda step: recorded.append((step, chunked.f.copy())),
+        stop=threading.Event(),
+    )
+    assert (steps, reached) == (50, False)
+    assert [step for step, _ in recorded] == list(range(0, 51, 5))
+    np.testing.assert_allclose(chunked.c, whole.c, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(recorded[-1][1], whole.f, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(chunked.z, chunked.z0 + chunked.c @ chunked.gram, atol=1e-12)
+
+
+def test_a_set_stop_event_ends_the_run_at_once() -> None:
+    cell, train, w0 = one_run(24, 60, 16, 0.1)
+    run = LoopRun.build(train.x, train.y, w0, cell.lr, cell.alpha, F64)
+    stop = threading.Event()
+    stop.set()
+    kwargs = {"max_steps": 10_000, "zero_loss": True, "record_every": None, "record": print}
+    assert train_run(run, **kwargs, stop=stop) == (0, False)
+    assert not run.c.any()
+
+
+def train_grid(monkeypatch, path: str) -> dict[tuple[int, int], dict[str, Any]]:
+    if path == "batched":
+        monkeypatch.setattr(train_mod, "_uses_compiled_loop", lambda device, cell: False)
+    spec = JobSpec(
+        n=12, d=10, width=8, n_test=50, seeds=2, record_every=7, dtype="float64",
+        grid={"n": [12, 20], "d": [10, 40]},
+    )  # fmt: skip
+    setups = [RunSetup(i, c, c.seed + k) for i, c in enumerate(spec.cells) for k in range(2)]
+    results: dict[tuple[int, int], dict[str, Any]] = {}
+    train_batch(
+        setups,
+        device=CPU,
+        dtype=F64,
+        record_every=7,
+        max_margin_baseline=True,
+        theory=TheoryRule(),
+        on_run_done=lambda s, r: results.__setitem__((s.cell_index, s.seed), r),
+    )
+    monkeypatch.undo()
+    return results
+
+
+def test_both_cpu_paths_give_the_same_runs(monkeypatch) -> None:
+    loop = train_grid(monkeypatch, "compiled_loop")
+    batched = train_grid(monkeypatch, "batched")
+    assert loop.keys() == batched.keys() and len(loop) == 8
+    for key, mine in loop.items():
+        theirs = batched[key]
+        assert mine["steps"] == theirs["steps"] > 0
+        assert mine["stop_reason"] == theirs["stop_reason"] == "interpolated"
+        for name in ("margin", "weight_norm", "train_loss", "test_error", "param_snr"):
+            assert mine[name] == pytest.approx(theirs[name], rel=1e-9, abs=1e-12), name
+        assert [p["step"] for p in mine["trajectory"]] == [p["step"] for p in theirs["trajectory"]]
+        for p, q in zip(mine["trajectory"], theirs["trajectory"], strict=True):
+            assert p["margin"] == pytest.approx(q["margin"], rel=1e-9, abs=1e-12)
+            assert p["weight_norm"] == pytest.approx(q["weight_norm"], rel=1e-9)
+
+
+def test_an_error_in_a_report_stops_the_runs_and_restores_threads() -> None:
+    threads_before = torch.get_num_threads()
+    endless = {"stop": "zero_loss", "lr": 1e-9, "max_steps": 50_000_000}
+    cell = JobSpec(n=40, d=80, width=16, n_test=10, **endless).cells[0]
+    reported: list[int] = []
+
+    def fail(setup: RunSetup, result: dict[str, Any]) -> None:
+        reported.append(setup.seed)
+        raise RuntimeError("the store is gone")
+
+    short = RunSetup(0, cell.model_copy(update={"max_steps": 1}), 9)
+    setups = [short] + [RunSetup(0, cell, s) for s in range(3)]
+    with pytest.raises(RuntimeError, match="the store is gone"):
+        train_batch(
+            setups,
+            device=CPU,
+            dtype=torch.float32,
+            record_every=None,
+            max_margin_baseline=False,
+            theory=TheoryRule(),
+            on_run_done=fail,
+        )
+    assert reported == [9]  # the short run reported; the endless ones were stopped, not waited on
+    assert torch.get_num_threads() == threads_before
+    assert not [t for t in threading.enumerate() if t.name.startswith("bolab-run")]
