@@ -25,5 +25,8 @@ RUN pip install .
 
 RUN useradd --create-home --uid 1000 bolab
 USER bolab
+# Compile the engine's CPU loop (numba) into the image, so no worker compiles it at start-up.
+ENV NUMBA_CACHE_DIR=/home/bolab/.cache/numba
+RUN python -c "from bo_engine.loop import warm_up; warm_up()"
 EXPOSE 8000
 CMD ["bolab", "api", "--host", "0.0.0.0", "--port", "8000"]

@@ -6,6 +6,9 @@ evaluated after every step. Both train the same cells, (n, d/n) in (50,1) (50,5)
 (150,1) (150,10) with gamma = 5/n, 2 seeds each, in this one process. Then the full paper heatmap
 (`examples/paper_heatmap.json`, 550 runs) is timed through the same path as `bolab run --local`.
 
+Before the clock starts, one tiny run warms the engine up: it compiles the CPU loop
+(`bo_engine.loop`, once per machine, then cached on disk) or loads it, and that time is printed.
+
     python bench/engine.py [--device cpu|cuda] [--skip-heatmap]
 """
 
@@ -113,6 +116,8 @@ def main() -> None:
     device = resolve_device(args.device)
     cells = bench_cells()
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    _, warm_up_s = timed(engine_runs, [JobSpec(n=4, d=4, width=2, n_test=1).cells[0]], device)
+    print(f"warm-up (compile or load the CPU loop): {warm_up_s:.2f} s")
 
     runs, engine_s = timed(engine_runs, cells, device)
     naive, naive_s = timed(

@@ -14,6 +14,9 @@ T = TypeVar("T")
 
 # Tiny experiments: a job of this size trains in well under a second on a 2-core CPU.
 TINY = {"n": 20, "d": 40, "width": 16, "n_test": 200, "max_steps": 2000, "seeds": 2}
+# A run that trains until it is cancelled or killed: a step size far too small to ever reach
+# zero loss, and the largest step budget the service takes (about an hour on a 2-core CPU).
+ENDLESS = {**TINY, "seeds": 1, "stop": "zero_loss", "lr": 1e-12, "max_steps": 1_000_000_000}
 
 
 def eventually(probe: Callable[[], T | None], timeout: float = 30.0, every: float = 0.05) -> T:

@@ -15,11 +15,10 @@ import pytest
 
 from bolab.client import LabClient, LabError
 from bolab.stack import BOLAB, ApiServer, free_port
-from tests.helpers import TINY, eventually
+from tests.helpers import ENDLESS, TINY, eventually
 
 pytestmark = pytest.mark.timeout(120)
 
-SLOW = {**TINY, "seeds": 1, "stop": "zero_loss", "lr": 1e-7, "max_steps": 50_000_000}
 JOB_ROUTES = [
     ("GET", "/v1/jobs/{id}"),
     ("GET", "/v1/jobs/{id}/results"),
@@ -86,7 +85,7 @@ def test_admin_sees_and_cancels_everything(
     secured_api: ApiServer, api_keys: dict[str, str], alice_job: str
 ) -> None:
     with as_(secured_api, api_keys["bob"]) as bob, as_(secured_api, api_keys["root"]) as root:
-        slow = bob.submit(SLOW)["id"]
+        slow = bob.submit(ENDLESS)["id"]
         listed = {j["id"]: j["owner"] for j in root.list(limit=200)["items"]}
         assert listed[alice_job] == "alice" and listed[slow] == "bob"
         assert root.results(alice_job)["cells"]

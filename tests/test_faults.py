@@ -23,7 +23,7 @@ import redis
 
 from bolab.client import TERMINAL, LabClient
 from bolab.stack import ApiServer, RedisServer, WorkerProcess
-from tests.helpers import TINY, eventually
+from tests.helpers import ENDLESS, TINY, eventually
 from worker import keys
 from worker.reaper import broker_view
 from worker.store import JobStore
@@ -39,12 +39,11 @@ FAST_REAPER = {
 STEADY = {
     **TINY,
     "stop": "zero_loss",
-    "lr": 1e-7,
-    "max_steps": 20_000,
+    "lr": 1e-12,  # never reaches zero loss: every run takes all of max_steps
+    "max_steps": 500_000,
     "max_margin_baseline": False,
     "grid": {"width": [16, 32]},
 }
-NEVER_ENDS = {**TINY, "seeds": 1, "stop": "zero_loss", "lr": 1e-7, "max_steps": 50_000_000}
 
 
 class Lab:
@@ -143,7 +142,7 @@ def test_batch_over_its_time_limit_fails_its_job(fault_lab: Lab) -> None:
     lab.worker = lab.new_worker(BOLAB_BATCH_TIME_LIMIT_S="2")
     lab.worker.start()
     try:
-        job_id = lab.client.submit(NEVER_ENDS)["id"]
+        job_id = lab.client.submit(ENDLESS)["id"]
         job = finished(lab, job_id, 30)
         assert job["status"] == "failed"
         assert job["error"] == "batch 0 ran over its time limit of 2 s"
@@ -156,7 +155,7 @@ def test_batch_over_its_time_limit_fails_its_job(fault_lab: Lab) -> None:
 def test_job_held_by_a_dead_worker_fails_after_max_attempts(fault_lab: Lab) -> None:
     """A batch that kills its worker every time must not loop forever."""
     lab = fault_lab
-    job_id = lab.client.submit({**NEVER_ENDS, "seed": 11})["id"]
+    job_id = lab.client.submit({**ENDLESS, "seed": 11})["id"]
     with lab.store() as r:
         eventually(lambda: r.exists(keys.lease(job_id, "0")), timeout=60)
         r.hset(keys.attempts(job_id), "0", 99)  # as if it had crashed its worker 99 times

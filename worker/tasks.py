@@ -34,8 +34,12 @@ log = logging.getLogger(__name__)
 
 
 def _warm_engine() -> None:
-    """Import torch before the first task, so the first job does not pay for it."""
+    """Import torch and load the compiled CPU loop before the first task, so the first job does
+    not pay for them."""
     import bo_engine.runner  # noqa: F401
+    from bo_engine.loop import warm_up
+
+    warm_up()
 
 
 @worker_process_init.connect
