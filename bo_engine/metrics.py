@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -9,8 +10,31 @@ import torch
 from bo_engine.baselines import max_margin_classifier
 from bo_engine.data import TrainSet, draw_test_outputs
 from bo_engine.model import leaky_relu, outer_weights
+from bo_engine.plan import RunSetup
 from bo_engine.spec import Cell, TheoryRule
 from bo_engine.theory import theory
+
+# What a training path makes of a finished run: (setup, train set, W float64, the outputs f the
+# stop rule saw, steps, stop reason, trajectory) -> the run's result (`train_batch` builds it).
+ResultOf = Callable[
+    [RunSetup, TrainSet, torch.Tensor, torch.Tensor, int, str, list | None], dict[str, Any]
+]
+
+
+def stop_reason(reached: bool, rule: str, out_of_steps: bool, cancelled: bool) -> str:
+    if reached:
+        return "zero_loss" if rule == "zero_loss" else "interpolated"
+    return "max_steps" if out_of_steps or not cancelled else "cancelled"
+
+
+def gram_weight_norms(
+    w0_sq: torch.Tensor, c: torch.Tensor, z0: torch.Tensor, gram: torch.Tensor
+) -> torch.Tensor:
+    """||W||_F of W = W0 + C X without forming W: ||W0||^2 + 2 <C, Z0> + <C, C G>, over the
+    last two dims of C (width, n), Z0 = W0 X^T and G = X X^T."""
+    cross = (c * z0).sum((-2, -1))
+    quad = (c * (c @ gram)).sum((-2, -1))
+    return (w0_sq + 2 * cross + quad).clamp(min=0).sqrt()
 
 
 def fit_metrics(y: torch.Tensor, f: torch.Tensor) -> dict[str, float]:

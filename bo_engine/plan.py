@@ -8,10 +8,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bo_engine.spec import JobSpec
+from bo_engine.spec import Cell, JobSpec
 
 # A batch bigger than this is split (by whole cells) so that one task stays short and bounded.
 MAX_RUNS_PER_BATCH = 128
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """One run to train: a cell of the spec (and its index) with one seed."""
+
+    cell_index: int
+    cell: Cell
+    seed: int
 
 
 @dataclass(frozen=True)

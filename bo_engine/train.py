@@ -22,23 +22,27 @@ The gradient of L(W) = sum_i max(0, 1 - y_i f(x_i)) with respect to w_j is
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from threadpoolctl import threadpool_limits
 
 from bo_engine.data import TrainSet, make_train_set
-from bo_engine.loop import RESYNC_EVERY, LoopRun, train_run
-from bo_engine.metrics import fit_metrics, run_result, trajectory_point
+from bo_engine.loop import RESYNC_EVERY, train_in_threads
+from bo_engine.metrics import (
+    ResultOf,
+    fit_metrics,
+    gram_weight_norms,
+    run_result,
+    stop_reason,
+    trajectory_point,
+)
 from bo_engine.model import init_weights, outer_weights
+from bo_engine.plan import RunSetup
 from bo_engine.spec import Cell, TheoryRule, uses_gram_form
 
 # A dense Gram update costing less than this many multiply-adds (B m n^2) is cheaper than the
@@ -46,13 +50,6 @@ from bo_engine.spec import Cell, TheoryRule, uses_gram_form
 ACTIVE_PATH_MIN_WORK = 1 << 20
 # The cancel callback is asked at most this often (seconds).
 CANCEL_POLL_SECONDS = 0.2
-
-
-@dataclass(frozen=True)
-class RunSetup:
-    cell_index: int
-    cell: Cell
-    seed: int
 
 
 # The aten kernels themselves: the Python wrappers cost as much as the work on small batches.
@@ -181,33 +178,11 @@ def _weights(b: _Batch, row: int, w0: torch.Tensor, train: TrainSet) -> torch.Te
     return w0.to(b.c.device) + b.c[row, :, : x.shape[0]].double() @ x
 
 
-def _gram_weight_norms(
-    w0_sq: torch.Tensor, c: torch.Tensor, z0: torch.Tensor, gram: torch.Tensor
-) -> torch.Tensor:
-    """||W||_F without forming W: ||W0||^2 + 2 <C, Z0> + <C, C G> over the last two dims."""
-    cross = (c * z0).sum((-2, -1))
-    quad = (c * (c @ gram)).sum((-2, -1))
-    return (w0_sq + 2 * cross + quad).clamp(min=0).sqrt()
-
-
 def _weight_norms(b: _Batch, w0_sq: torch.Tensor) -> torch.Tensor:
     """||W||_F per run of the batch."""
     if b.w is not None:
         return b.w.flatten(1).norm(dim=1)
-    return _gram_weight_norms(w0_sq[b.ids], b.c, b.z0, b.gram)
-
-
-def _stop_reason(reached: bool, rule: str, out_of_steps: bool, cancelled: bool) -> str:
-    if reached:
-        return "zero_loss" if rule == "zero_loss" else "interpolated"
-    return "max_steps" if out_of_steps or not cancelled else "cancelled"
-
-
-# What `train_batch` makes of a finished run: (setup, train set, W float64, outputs f the stop
-# rule saw, steps, stop reason, trajectory) -> the run's result.
-ResultOf = Callable[
-    [RunSetup, TrainSet, torch.Tensor, torch.Tensor, int, str, list | None], dict[str, Any]
-]
+    return gram_weight_norms(w0_sq[b.ids], b.c, b.z0, b.gram)
 
 
 def _uses_compiled_loop(device: torch.device, cell: Cell) -> bool:
@@ -253,7 +228,7 @@ def train_batch(
         )
 
     train = (
-        _train_in_compiled_loops
+        partial(train_in_threads, poll_seconds=CANCEL_POLL_SECONDS)
         if _uses_compiled_loop(device, setups[0].cell)
         else partial(_train_batched, device=device)
     )
@@ -266,87 +241,6 @@ def train_batch(
         on_runs_done=on_runs_done,
         should_cancel=should_cancel,
     )
-
-
-@contextmanager
-def _one_thread_per_run() -> Iterator[int]:
-    """Yield how many runs to train at once (torch's thread count), with torch and BLAS held to
-    one thread inside each run meanwhile.
-
-    Their pools' idle threads busy-wait between calls and would take the cores from the loops:
-    the benchmark's engine time is 0.30 s with them, 0.16 s without (2 cores).
-    """
-    threads = max(1, torch.get_num_threads())
-    torch.set_num_threads(1)  # threads started from now on (the runs') take one intra-op thread
-    try:
-        with threadpool_limits(limits=1):  # numpy's and scipy's OpenBLAS
-            yield threads
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train_in_compiled_loops(
-    setups: list[RunSetup],
-    *,
-    dtype: torch.dtype,
-    record_every: int | None,
-    result_of: ResultOf,
-    on_run_done: Callable[[RunSetup, dict[str, Any]], None],
-    on_runs_done: Callable[[int], None] | None,
-    should_cancel: Callable[[], bool] | None,
-) -> bool:
-    """Each run in `bo_engine.loop`, as many at once as torch has threads; reports here."""
-    stop = threading.Event()  # set on cancel, or to end the loops early on an error
-
-    @torch.inference_mode()  # per thread: the decorator on train_batch covers only its own
-    def train_one(setup: RunSetup) -> dict[str, Any]:
-        cell = setup.cell
-        train = make_train_set(cell, setup.seed)
-        w0 = init_weights(cell, setup.seed)
-        run = LoopRun.build(train.x, train.y, w0, cell.lr, cell.alpha, dtype)
-        # Views of the loop's arrays: they follow the run as it trains.
-        tensors = {k: torch.from_numpy(getattr(run, k)) for k in ("c", "z0", "gram", "y", "f")}
-        w0_sq = w0.pow(2).sum().to(tensors["c"].dtype)
-        trajectory: list[dict[str, Any]] | None = [] if record_every else None
-
-        def record(step: int) -> None:
-            norm = float(_gram_weight_norms(w0_sq, tensors["c"], tensors["z0"], tensors["gram"]))
-            fit = fit_metrics(tensors["y"], tensors["f"])
-            trajectory.append(trajectory_point(step, fit, norm))
-
-        steps, reached = train_run(
-            run,
-            max_steps=cell.max_steps,
-            zero_loss=cell.stop == "zero_loss",
-            record_every=record_every,
-            record=record,
-            stop=stop,
-        )
-        reason = _stop_reason(reached, cell.stop, steps >= cell.max_steps, stop.is_set())
-        w = w0 + tensors["c"].double() @ train.x
-        return result_of(setup, train, w, tensors["f"], steps, reason, trajectory)
-
-    cancelled = False
-    last_poll = time.monotonic()
-    with _one_thread_per_run() as threads, ThreadPoolExecutor(threads, "bolab-run") as pool:
-        pending = {pool.submit(train_one, setup): setup for setup in setups}
-        try:
-            while pending:
-                done, _ = wait(pending, timeout=CANCEL_POLL_SECONDS, return_when=FIRST_COMPLETED)
-                for future in done:
-                    on_run_done(pending.pop(future), future.result())
-                if done and on_runs_done:
-                    on_runs_done(len(done))
-                poll_due = time.monotonic() - last_poll >= CANCEL_POLL_SECONDS
-                if should_cancel is not None and not cancelled and poll_due:
-                    last_poll = time.monotonic()
-                    cancelled = should_cancel()
-                    if cancelled:
-                        stop.set()  # runs end at their next return to Python, as "cancelled"
-        finally:
-            stop.set()
-            pool.shutdown(cancel_futures=True)
-    return cancelled
 
 
 def _train_batched(
@@ -403,7 +297,7 @@ def _train_batched(
             cancel_now = should_cancel()
         rows = [r for r in range(len(margins)) if cancel_now or reached[r] or out_of_steps[r]]
         if rows:
-            reasons = [_stop_reason(reached[r], rule, out_of_steps[r], cancel_now) for r in rows]
+            reasons = [stop_reason(reached[r], rule, out_of_steps[r], cancel_now) for r in rows]
             finish(rows, f, reasons)
             if cancel_now:
                 cancelled = True

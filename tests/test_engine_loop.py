@@ -18,7 +18,7 @@ import torch
 import bo_engine.loop as loop_mod
 import bo_engine.train as train_mod
 from bo_engine.data import make_train_set
-from bo_engine.loop import LoopRun, train_run
+from bo_engine.loop import LoopRun, one_thread_per_run, train_run
 from bo_engine.model import init_weights, outer_weights
 from bo_engine.spec import JobSpec, TheoryRule
 from bo_engine.train import RunSetup, _build, _outputs, _step, train_batch
@@ -157,3 +157,15 @@ def test_an_error_in_a_report_stops_the_runs_and_restores_threads() -> None:
     assert reported == [9]  # the short run reported; the endless ones were stopped, not waited on
     assert torch.get_num_threads() == threads_before
     assert not [t for t in threading.enumerate() if t.name.startswith("bolab-run")]
+
+
+def test_overlapping_batches_restore_the_thread_settings_once_both_are_done() -> None:
+    """A threads-pool worker trains batches concurrently: the settings are process-wide."""
+    before = torch.get_num_threads()
+    first, second = one_thread_per_run(), one_thread_per_run()
+    assert first.__enter__() == before
+    assert second.__enter__() == before  # not the 1 that the first batch set
+    first.__exit__(None, None, None)
+    assert torch.get_num_threads() == 1  # the second batch is still training
+    second.__exit__(None, None, None)
+    assert torch.get_num_threads() == before

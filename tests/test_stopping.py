@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 
+import bo_engine.loop as loop_mod
 import bo_engine.train as train_mod
 from bo_engine.data import TrainSet
 from bo_engine.model import network_output
@@ -78,8 +79,9 @@ def hand_data(monkeypatch: pytest.MonkeyPatch) -> None:
     def weights(cell: Cell, seed: int) -> torch.Tensor:
         return torch.tensor([[-1.0], [0.0]], dtype=F64)
 
-    monkeypatch.setattr(train_mod, "make_train_set", train_set)
-    monkeypatch.setattr(train_mod, "init_weights", weights)
+    for module in (train_mod, loop_mod):  # each training path draws its runs' data itself
+        monkeypatch.setattr(module, "make_train_set", train_set)
+        monkeypatch.setattr(module, "init_weights", weights)
 
 
 # (stop, max_steps) -> (steps, stop_reason, margin); n = 2 is the Gram form, n = 8 the plain.
