@@ -3,7 +3,7 @@
 On a CPU the batched tensor step of `bo_engine.train` is bound by dispatch, not arithmetic: about
 15 small kernels at a few microseconds each, whatever the batch size, and the slowest run of a
 batch alone takes thousands of dependent steps. Here one numba-compiled loop nest does a whole
-step (about 9 us at n = 150, width 64, float32, against 75-90 us for the tensor step), and the
+step (about 10 us at n = 150, width 64, float32, against 70-90 us for the tensor step), and the
 runs of a batch train in parallel threads (`train_in_threads`), since the kernel releases the
 GIL.
 
