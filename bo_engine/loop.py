@@ -22,7 +22,6 @@ instead of |A| n. The same iterates as the tensor step, up to rounding.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
@@ -36,7 +35,7 @@ from threadpoolctl import threadpool_limits
 
 from bo_engine.data import make_train_set
 from bo_engine.metrics import (
-    ResultOf,
+    Reporter,
     fit_metrics,
     gram_weight_norms,
     stop_reason,
@@ -254,14 +253,10 @@ def train_in_threads(
     *,
     dtype: torch.dtype,
     record_every: int | None,
-    result_of: ResultOf,
-    on_run_done: Callable[[RunSetup, dict[str, Any]], None],
-    on_runs_done: Callable[[int], None] | None,
-    should_cancel: Callable[[], bool] | None,
-    poll_seconds: float,
+    reporter: Reporter,
 ) -> bool:
     """Train each run (Gram form) in its own compiled loop, as many at once as torch has
-    threads. The callbacks run on the calling thread; True if cancelled."""
+    threads; reports from the calling thread. True if cancelled."""
     stop = threading.Event()  # set on cancel, or to end the loops early on an error
 
     @torch.inference_mode()  # per thread: the caller's inference mode does not reach here
@@ -289,25 +284,18 @@ def train_in_threads(
         )
         reason = stop_reason(reached, cell.stop, steps >= cell.max_steps, stop.is_set())
         w = w0 + views["c"].double() @ train.x
-        return result_of(setup, train, w, views["f"], steps, reason, trajectory)
+        return reporter.result_of(setup, train, w, views["f"], steps, reason, trajectory)
 
     cancelled = False
-    last_poll = time.monotonic()
     with one_thread_per_run() as threads, ThreadPoolExecutor(threads, "bolab-run") as pool:
         pending = {pool.submit(train_one, setup): setup for setup in setups}
         try:
             while pending:
-                done, _ = wait(pending, timeout=poll_seconds, return_when=FIRST_COMPLETED)
-                for future in done:
-                    on_run_done(pending.pop(future), future.result())
-                if done and on_runs_done:
-                    on_runs_done(len(done))
-                poll_due = time.monotonic() - last_poll >= poll_seconds
-                if should_cancel is not None and not cancelled and poll_due:
-                    last_poll = time.monotonic()
-                    cancelled = should_cancel()
-                    if cancelled:
-                        stop.set()  # runs end at their next return to Python, as "cancelled"
+                done, _ = wait(pending, timeout=reporter.poll_seconds, return_when=FIRST_COMPLETED)
+                reporter.report([(pending.pop(future), future.result()) for future in done])
+                if not cancelled and reporter.cancel_requested():
+                    cancelled = True
+                    stop.set()  # runs end at their next return to Python, as "cancelled"
         finally:
             stop.set()
             pool.shutdown(cancel_futures=True)  # an error: queued runs never start

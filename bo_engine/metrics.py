@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -19,6 +21,31 @@ from bo_engine.theory import theory
 ResultOf = Callable[
     [RunSetup, TrainSet, torch.Tensor, torch.Tensor, int, str, list | None], dict[str, Any]
 ]
+
+
+@dataclass
+class Reporter:
+    """How a training path hands on its finished runs and asks whether to stop. Both paths call
+    it on the thread that called `train_batch` only."""
+
+    result_of: ResultOf
+    on_run_done: Callable[[RunSetup, dict[str, Any]], None]
+    on_runs_done: Callable[[int], None] | None  # told k each time k more runs finished
+    should_cancel: Callable[[], bool] | None
+    poll_seconds: float  # should_cancel is asked at most this often
+    last_poll: float = field(default_factory=time.monotonic)
+
+    def report(self, finished: list[tuple[RunSetup, dict[str, Any]]]) -> None:
+        for setup, run in finished:
+            self.on_run_done(setup, run)
+        if finished and self.on_runs_done:
+            self.on_runs_done(len(finished))
+
+    def cancel_requested(self) -> bool:
+        if self.should_cancel is None or time.monotonic() - self.last_poll < self.poll_seconds:
+            return False
+        self.last_poll = time.monotonic()
+        return self.should_cancel()
 
 
 def stop_reason(reached: bool, rule: str, out_of_steps: bool, cancelled: bool) -> str:

@@ -22,10 +22,8 @@ The gradient of L(W) = sum_i max(0, 1 - y_i f(x_i)) with respect to w_j is
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import torch
@@ -34,7 +32,7 @@ import torch.nn.functional as F
 from bo_engine.data import TrainSet, make_train_set
 from bo_engine.loop import RESYNC_EVERY, train_in_threads
 from bo_engine.metrics import (
-    ResultOf,
+    Reporter,
     fit_metrics,
     gram_weight_norms,
     run_result,
@@ -227,19 +225,11 @@ def train_batch(
             trajectory=trajectory,
         )
 
-    train = (
-        partial(train_in_threads, poll_seconds=CANCEL_POLL_SECONDS)
-        if _uses_compiled_loop(device, setups[0].cell)
-        else partial(_train_batched, device=device)
-    )
-    return train(
-        setups,
-        dtype=dtype,
-        record_every=record_every,
-        result_of=result_of,
-        on_run_done=on_run_done,
-        on_runs_done=on_runs_done,
-        should_cancel=should_cancel,
+    reporter = Reporter(result_of, on_run_done, on_runs_done, should_cancel, CANCEL_POLL_SECONDS)
+    if _uses_compiled_loop(device, setups[0].cell):
+        return train_in_threads(setups, dtype=dtype, record_every=record_every, reporter=reporter)
+    return _train_batched(
+        setups, device=device, dtype=dtype, record_every=record_every, reporter=reporter
     )
 
 
@@ -249,10 +239,7 @@ def _train_batched(
     device: torch.device,
     dtype: torch.dtype,
     record_every: int | None,
-    result_of: ResultOf,
-    on_run_done: Callable[[RunSetup, dict[str, Any]], None],
-    on_runs_done: Callable[[int], None] | None,
-    should_cancel: Callable[[], bool] | None,
+    reporter: Reporter,
 ) -> bool:
     """All runs as one batched tensor program on `device`, stepped in lockstep."""
     data = [make_train_set(s.cell, s.seed) for s in setups]
@@ -264,18 +251,17 @@ def _train_batched(
         [] if record_every else None for _ in setups
     ]
     max_steps = [s.cell.max_steps for s in setups]  # per row of the batch, kept in step
-    last_poll = time.monotonic()
     step = 0
     cancelled = False
 
     def finish(rows: list[int], f: torch.Tensor, reasons: list[str]) -> None:
+        finished = []
         for row, reason in zip(rows, reasons, strict=True):
             i = int(b.ids[row])
             w = _weights(b, row, w0[i], data[i])
-            run = result_of(setups[i], data[i], w, f[row], step, reason, trajectories[i])
-            on_run_done(setups[i], run)
-        if on_runs_done:
-            on_runs_done(len(reasons))
+            run = reporter.result_of(setups[i], data[i], w, f[row], step, reason, trajectories[i])
+            finished.append((setups[i], run))
+        reporter.report(finished)
 
     rule = setups[0].cell.stop  # one stop rule per batch (part of the shape key)
     while b.ids.numel():
@@ -291,10 +277,7 @@ def _train_batched(
         margins = yf.amin(1).tolist()
         reached = [m >= 1 if rule == "zero_loss" else m > 0 for m in margins]
         out_of_steps = [step >= m for m in max_steps]
-        cancel_now = False
-        if should_cancel is not None and time.monotonic() - last_poll >= CANCEL_POLL_SECONDS:
-            last_poll = time.monotonic()
-            cancel_now = should_cancel()
+        cancel_now = reporter.cancel_requested()
         rows = [r for r in range(len(margins)) if cancel_now or reached[r] or out_of_steps[r]]
         if rows:
             reasons = [stop_reason(reached[r], rule, out_of_steps[r], cancel_now) for r in rows]
