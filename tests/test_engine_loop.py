@@ -9,6 +9,7 @@ and that the iterates equal the batched `_step`'s.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,15 @@ from bo_engine.train import RunSetup, _build, _outputs, _step, train_batch
 F64 = torch.float64
 CPU = torch.device("cpu")
 STEPS = 200
+
+
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    """Runs train two at a time, even where the suite runs torch single-threaded (make test)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
 
 
 def one_run(n: int, d: int, width: int, alpha: float, seed: int = 0):
@@ -116,6 +126,7 @@ def train_grid(monkeypatch, path: str) -> dict[tuple[int, int], dict[str, Any]]:
     return results
 
 
+@pytest.mark.usefixtures("two_threads")
 def test_both_cpu_paths_give_the_same_runs(monkeypatch) -> None:
     loop = train_grid(monkeypatch, "compiled_loop")
     batched = train_grid(monkeypatch, "batched")
@@ -132,6 +143,7 @@ def test_both_cpu_paths_give_the_same_runs(monkeypatch) -> None:
             assert p["weight_norm"] == pytest.approx(q["weight_norm"], rel=1e-9)
 
 
+@pytest.mark.usefixtures("two_threads")
 def test_an_error_in_a_report_stops_the_runs_and_restores_threads() -> None:
     threads_before = torch.get_num_threads()
     endless = {"stop": "zero_loss", "lr": 1e-9, "max_steps": 50_000_000}
