@@ -41,7 +41,7 @@ from bo_engine.metrics import (
     stop_reason,
     trajectory_point,
 )
-from bo_engine.model import init_weights
+from bo_engine.model import init_weights, outer_weights
 from bo_engine.plan import RunSetup
 
 # Recompute Z from C this often (in steps) so that rounding in the incremental update cannot
@@ -60,7 +60,8 @@ def gd_steps(z, c, gram, y, lr_y, a, alpha, zero_loss, budget, f):  # pragma: no
     m, n = z.shape
     beta = a[0] - alpha  # 1 - alpha in the dtype of z (a_0 = +1), so no loop mixes precisions
     active = np.empty(n, np.int64)
-    chosen = np.empty(n, np.int64)
+    # Row j's active points: P_j from the front, the rest from the back.
+    sides = np.empty(n, np.int64)
     u = np.empty(n, z.dtype)
     for step in range(budget + 1):
         f[:] = 0
@@ -88,28 +89,25 @@ def gd_steps(z, c, gram, y, lr_y, a, alpha, zero_loss, budget, f):  # pragma: no
                 u[col] += lr_y[i] * gram[i, col]
         for j in range(m):
             aj = a[j]
-            positive = 0
+            positive, rest = 0, k
             for t in range(k):
                 i = active[t]
                 if z[j, i] > 0:
                     c[j, i] += aj * lr_y[i]
+                    sides[positive] = i
                     positive += 1
                 else:
                     c[j, i] += aj * alpha * lr_y[i]
-            # Sum the smaller side: P_j (z > 0) or its complement in A.
+                    rest -= 1
+                    sides[rest] = i
+            # Sum the smaller side: P_j = sides[:positive] or its complement sides[positive:k].
             take_positive = 2 * positive <= k
             base = aj * alpha if take_positive else aj
             side = aj * beta if take_positive else -aj * beta
-            count = 0
-            for t in range(k):
-                i = active[t]
-                if (z[j, i] > 0) == take_positive:
-                    chosen[count] = i
-                    count += 1
             for col in range(n):
                 z[j, col] += base * u[col]
-            for t in range(count):
-                i = chosen[t]
+            for t in range(0, positive) if take_positive else range(positive, k):
+                i = sides[t]
                 coef = side * lr_y[i]
                 for col in range(n):
                     z[j, col] += coef * gram[i, col]
@@ -140,8 +138,6 @@ class LoopRun:
             return t.to(dtype).contiguous().numpy()
 
         z0 = as_array(w0 @ x.T)
-        a = np.ones(w0.shape[0], z0.dtype)
-        a[1::2] = -1
         return cls(
             z0=z0,
             z=z0.copy(),
@@ -149,7 +145,7 @@ class LoopRun:
             gram=as_array(x @ x.T),
             y=as_array(y),
             lr_y=as_array(lr * y),
-            a=a,
+            a=as_array(outer_weights(w0.shape[0])),
             alpha=z0.dtype.type(alpha),
             f=np.zeros(x.shape[0], z0.dtype),
         )
