@@ -14,6 +14,7 @@ import pytest
 
 from bolab.client import LabClient
 from bolab.stack import ApiServer, RedisServer, WorkerProcess
+from tests.engine_helpers import force_batched_path
 from tests.helpers import keyed_api_on_own_redis
 from worker.store import JobStore
 
@@ -22,10 +23,8 @@ from worker.store import JobStore
 def engine_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Both ways `train_batch` trains on a CPU: Gram-form runs in the compiled loop (what a CPU
     uses), or everything as one batched tensor program (what a GPU uses, forced here)."""
-    import bo_engine.train as train_mod
-
     if request.param == "batched":
-        monkeypatch.setattr(train_mod, "_uses_compiled_loop", lambda device, cell: False)
+        force_batched_path(monkeypatch)
     return request.param
 
 

@@ -13,8 +13,9 @@ import torch
 import bo_engine.train as train_mod
 from bo_engine.data import TrainSet, make_train_set
 from bo_engine.model import init_weights, network_output, outer_weights
-from bo_engine.spec import Cell, JobSpec, TheoryRule
-from bo_engine.train import RunSetup, _build, _outputs, _step, train_batch
+from bo_engine.spec import Cell, JobSpec
+from bo_engine.train import RunSetup, _build, _outputs, _step
+from tests.engine_helpers import train_runs
 
 F64 = torch.float64
 CPU = torch.device("cpu")
@@ -167,24 +168,12 @@ def capture_weights(monkeypatch: pytest.MonkeyPatch) -> dict[int, tuple[torch.Te
     return seen
 
 
-def run(setups: list[RunSetup], dtype=F64) -> None:
-    train_batch(
-        setups,
-        device=CPU,
-        dtype=dtype,
-        record_every=None,
-        max_margin_baseline=False,
-        theory=TheoryRule(),
-        on_run_done=lambda setup, result: None,
-    )
-
-
 @pytest.mark.usefixtures("engine_path")  # both CPU training paths (tests/conftest.py)
 @pytest.mark.parametrize("d", [20, 2])  # Gram form (4d >= n) and plain form (4d < n)
 def test_train_batch_one_step_through_result_path(monkeypatch, d: int) -> None:
     seen = capture_weights(monkeypatch)
     cell = make_cell(d=d, alpha=0.2, gamma=0.2, stop="zero_loss", max_steps=1)
-    run([RunSetup(0, cell, 5)])
+    train_runs([RunSetup(0, cell, 5)])
     w1, result = seen[5]
     train = make_train_set(cell, 5)
     w0 = init_weights(cell, 5)
@@ -208,7 +197,7 @@ def test_batched_runs_that_stop_at_different_steps_follow_autograd_gd(monkeypatc
         )
         for i, m in budgets.items()
     ]
-    run(setups)
+    train_runs(setups)
     stopped_early = 0
     for setup in setups:
         train = make_train_set(setup.cell, setup.seed)
@@ -234,7 +223,7 @@ def test_padded_gram_batch_of_different_n_and_d_follows_autograd_gd(monkeypatch)
         for i, (n, d, m) in shapes.items()
     ]
     assert len({s.cell.shape_key() for s in setups}) == 1  # one batch in the runner's plan
-    run(setups)
+    train_runs(setups)
     for setup in setups:
         cell = setup.cell
         train = make_train_set(cell, setup.seed)

@@ -17,12 +17,12 @@ import pytest
 import torch
 
 import bo_engine.loop as loop_mod
-import bo_engine.train as train_mod
 from bo_engine.data import make_train_set
 from bo_engine.loop import LoopRun, one_thread_per_run, train_run
 from bo_engine.model import init_weights, outer_weights
-from bo_engine.spec import JobSpec, TheoryRule
-from bo_engine.train import RunSetup, _build, _outputs, _step, train_batch
+from bo_engine.spec import JobSpec
+from bo_engine.train import RunSetup, _build, _outputs, _step
+from tests.engine_helpers import force_batched_path, train_runs
 
 F64 = torch.float64
 CPU = torch.device("cpu")
@@ -106,24 +106,15 @@ def test_a_set_stop_event_ends_the_run_at_once() -> None:
 
 def train_grid(monkeypatch, path: str) -> dict[tuple[int, int], dict[str, Any]]:
     if path == "batched":
-        monkeypatch.setattr(train_mod, "_uses_compiled_loop", lambda device, cell: False)
+        force_batched_path(monkeypatch)
     spec = JobSpec(
         n=12, d=10, width=8, n_test=50, seeds=2, record_every=7, dtype="float64",
         grid={"n": [12, 20], "d": [10, 40]},
     )  # fmt: skip
     setups = [RunSetup(i, c, c.seed + k) for i, c in enumerate(spec.cells) for k in range(2)]
-    results: dict[tuple[int, int], dict[str, Any]] = {}
-    train_batch(
-        setups,
-        device=CPU,
-        dtype=F64,
-        record_every=7,
-        max_margin_baseline=True,
-        theory=TheoryRule(),
-        on_run_done=lambda s, r: results.__setitem__((s.cell_index, s.seed), r),
-    )
+    finished, _ = train_runs(setups, record_every=7, max_margin_baseline=True)
     monkeypatch.undo()
-    return results
+    return {(setup.cell_index, setup.seed): result for setup, result in finished}
 
 
 @pytest.mark.usefixtures("two_threads")
@@ -157,15 +148,7 @@ def test_an_error_in_a_report_stops_the_runs_and_restores_threads() -> None:
     short = RunSetup(0, cell.model_copy(update={"max_steps": 1}), 9)
     setups = [short] + [RunSetup(0, cell, s) for s in range(3)]
     with pytest.raises(RuntimeError, match="the store is gone"):
-        train_batch(
-            setups,
-            device=CPU,
-            dtype=torch.float32,
-            record_every=None,
-            max_margin_baseline=False,
-            theory=TheoryRule(),
-            on_run_done=fail,
-        )
+        train_runs(setups, dtype=torch.float32, on_run_done=fail)
     assert reported == [9]  # the short run reported; the endless ones were stopped, not waited on
     assert torch.get_num_threads() == threads_before
     assert not [t for t in threading.enumerate() if t.name.startswith("bolab-run")]

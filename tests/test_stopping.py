@@ -15,8 +15,9 @@ import bo_engine.loop as loop_mod
 import bo_engine.train as train_mod
 from bo_engine.data import TrainSet
 from bo_engine.model import network_output
-from bo_engine.spec import Cell, JobSpec, TheoryRule
-from bo_engine.train import RunSetup, train_batch
+from bo_engine.spec import Cell, JobSpec
+from bo_engine.train import RunSetup
+from tests.engine_helpers import train_runs
 
 F64 = torch.float64
 # Every test here runs on both training paths of a CPU (tests/conftest.py).
@@ -25,18 +26,9 @@ pytestmark = pytest.mark.usefixtures("engine_path")
 
 def run(setups: list[RunSetup], dtype=F64) -> dict[int, dict[str, Any]]:
     """Train a batch; results by the setup's cell_index (used here as a run label)."""
-    results: dict[int, dict[str, Any]] = {}
-    train_batch(
-        setups,
-        device=torch.device("cpu"),
-        dtype=dtype,
-        record_every=None,
-        max_margin_baseline=False,
-        theory=TheoryRule(),
-        on_run_done=lambda setup, result: results.__setitem__(setup.cell_index, result),
-    )
-    assert len(results) == len(setups)
-    return results
+    finished, _ = train_runs(setups, dtype=dtype)
+    assert len(finished) == len(setups)
+    return {setup.cell_index: result for setup, result in finished}
 
 
 # --- hand-made data --------------------------------------------------------------------------
@@ -227,17 +219,8 @@ def test_a_run_alone_stops_where_it_stops_in_a_batch() -> None:
 @pytest.mark.usefixtures("hand_data")
 def test_trajectory_on_hand_made_data() -> None:
     """record_every = 2: points at steps 0, 2, 4 (the last step), from the exact margins."""
-    results: dict[int, dict[str, Any]] = {}
-    train_batch(
-        [RunSetup(0, hand_cell(2, "zero_loss", 1000), 0)],
-        device=torch.device("cpu"),
-        dtype=F64,
-        record_every=2,
-        max_margin_baseline=False,
-        theory=TheoryRule(),
-        on_run_done=lambda setup, result: results.__setitem__(0, result),
-    )
-    trajectory = results[0]["trajectory"]
+    [(_, result)], _ = train_runs([RunSetup(0, hand_cell(2, "zero_loss", 1000), 0)], record_every=2)
+    trajectory = result["trajectory"]
     assert [p["step"] for p in trajectory] == [0, 2, 4]
     for point, margin in zip(trajectory, [-1.0, 0.0, 1.0], strict=True):
         s = point["step"]
@@ -254,17 +237,10 @@ def test_cancel_stops_every_run_with_reason_cancelled(monkeypatch) -> None:
     # A step size that never reaches zero loss: in the compiled loop a normal run can finish its
     # first 1000-step stretch before the cancel lands, and then it rightly reports zero_loss.
     cell = data_cell(40, "zero_loss", 100_000).model_copy(update={"lr": 1e-12})
-    results: dict[int, dict[str, Any]] = {}
-    cancelled = train_batch(
-        [RunSetup(s, cell, s) for s in range(2)],
-        device=torch.device("cpu"),
-        dtype=F64,
-        record_every=None,
-        max_margin_baseline=False,
-        theory=TheoryRule(),
-        on_run_done=lambda setup, result: results.__setitem__(setup.cell_index, result),
-        should_cancel=lambda: True,
+    finished, cancelled = train_runs(
+        [RunSetup(s, cell, s) for s in range(2)], should_cancel=lambda: True
     )
+    results = {setup.cell_index: result for setup, result in finished}
     assert cancelled is True
     assert [results[s]["stop_reason"] for s in range(2)] == ["cancelled", "cancelled"]
     assert all(results[s]["steps"] < 100_000 for s in range(2))

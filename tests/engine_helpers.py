@@ -1,0 +1,43 @@
+"""Helpers shared by the engine suites: train runs on the CPU, pick the training path."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+import bo_engine.train as train_mod
+from bo_engine.spec import TheoryRule
+from bo_engine.train import RunSetup, train_batch
+
+
+def force_batched_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Train on the CPU as one batched tensor program (what a GPU does), not in compiled loops."""
+    monkeypatch.setattr(train_mod, "_uses_compiled_loop", lambda device, cell: False)
+
+
+def train_runs(
+    setups: list[RunSetup],
+    *,
+    dtype: torch.dtype = torch.float64,
+    record_every: int | None = None,
+    max_margin_baseline: bool = False,
+    should_cancel: Callable[[], bool] | None = None,
+    on_run_done: Callable[[RunSetup, dict[str, Any]], None] | None = None,
+) -> tuple[list[tuple[RunSetup, dict[str, Any]]], bool]:
+    """`train_batch` on the CPU: the (setup, result) pairs in the order they were reported (unless
+    `on_run_done` takes them), and whether the batch was cancelled."""
+    finished: list[tuple[RunSetup, dict[str, Any]]] = []
+    cancelled = train_batch(
+        setups,
+        device=torch.device("cpu"),
+        dtype=dtype,
+        record_every=record_every,
+        max_margin_baseline=max_margin_baseline,
+        theory=TheoryRule(),
+        on_run_done=on_run_done or (lambda setup, result: finished.append((setup, result))),
+        should_cancel=should_cancel,
+    )
+    return finished, cancelled
