@@ -159,6 +159,10 @@ class LabClient:
     def cancel(self, job_id: str) -> Job:
         return self._call("POST", f"/v1/jobs/{job_id}/cancel").json()
 
+    def delete(self, job_id: str) -> None:
+        """Delete a finished job and everything stored for it (409 while it is active)."""
+        self._call("DELETE", f"/v1/jobs/{job_id}")
+
     def rows(self, job_id: str) -> list[dict[str, Any]]:
         """The results as a table without pandas: one dict per cell, from the CSV (numbers as
         int or float, empty fields as None)."""

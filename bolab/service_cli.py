@@ -1,5 +1,5 @@
 """Service verbs of the `bolab` command: run the stack (`up`, `api`, `worker`), and talk to it
-(`submit`, `status`, `results`, `cancel`, `openapi`).
+(`submit`, `status`, `results`, `cancel`, `delete`, `openapi`).
 
 Heavy imports (FastAPI app, Celery, uvicorn) happen inside the verbs, so `bolab --help` and the
 client verbs stay fast and need no torch.
@@ -183,6 +183,13 @@ def cancel(job_id: JobArg, url: UrlOpt = DEFAULT_URL) -> None:
     typer.echo(f"{job['id']} {job['status']}")
 
 
+def delete(job_id: JobArg, url: UrlOpt = DEFAULT_URL) -> None:
+    """Delete a finished job: its record, results and events (cancel an active job first)."""
+    with talking_to(url) as client:
+        client.delete(job_id)
+    typer.echo(f"{job_id} deleted")
+
+
 def openapi() -> None:
     """Print the API's OpenAPI document (`bolab openapi > openapi/openapi.json`)."""
     from service.main import create_app
@@ -336,5 +343,5 @@ def up(
 
 
 def register(app: typer.Typer) -> None:
-    for verb in (api, worker, up, submit, status, results, cancel, openapi):
+    for verb in (api, worker, up, submit, status, results, cancel, delete, openapi):
         app.command()(verb)

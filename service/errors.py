@@ -13,6 +13,8 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from service.schemas import finite
 
@@ -55,10 +57,28 @@ def _answer(status_code: int, detail: str, headers: dict[str, str] | None = None
     return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
 
 
+def _allowed(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route serves at this path. (Starlette's 405 names only the methods of
+    the first route that matched the path, e.g. POST alone for GET and POST /v1/jobs.)"""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return _answer(exc.status_code, exc.detail, exc.headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed(app, request))
+        return _answer(exc.status_code, exc.detail, headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -85,6 +85,21 @@ class LabCollector(Collector):
             depth.add_metric([queue], sum(depths[4 * i : 4 * i + 4]))
         yield depth
         yield self._workers()
+        yield from self._memory()
+
+    def _memory(self) -> Iterator[Metric]:
+        """Redis's own accounting (INFO memory): what the store holds against its limit."""
+        info = self.client.info("memory")
+        yield GaugeMetricFamily(
+            f"{NS}_redis_memory_bytes",
+            "memory Redis uses for its data (used_memory)",
+            value=info["used_memory"],
+        )
+        yield GaugeMetricFamily(
+            f"{NS}_redis_maxmemory_bytes",
+            "Redis's maxmemory limit; 0 = none (Redis then grows until the host runs out)",
+            value=info.get("maxmemory", 0),
+        )
 
     def _workers(self) -> Metric:
         settings = get_settings()
@@ -220,9 +235,10 @@ router = APIRouter(tags=["health"])
 @router.get(
     "/metrics",
     summary="Prometheus metrics",
-    description="Prometheus text format: jobs by status, queue depth, live workers, runs and "
-    "GD steps, run and job durations (all from Redis, so every worker counts), and this API "
-    "process's HTTP requests by route template and status.",
+    description="Prometheus text format: jobs by status, queue depth, live workers, Redis "
+    "memory in use and its limit, runs and GD steps, run and job durations (all from Redis, "
+    "so every worker counts), and this API process's HTTP requests by route template and "
+    "status.",
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
 )

@@ -166,5 +166,6 @@ class Deliverer:
         pipe = self.store.redis.pipeline(transaction=True)
         pipe.zrem(keys.WEBHOOKS_DUE, job_id)
         pipe.hdel(keys.WEBHOOK_ATTEMPTS, job_id)
-        pipe.hset(keys.job(job_id), "webhook", result)  # what became of it, for operators
         pipe.execute()
+        # What became of it, for operators; nothing when the job was deleted meanwhile.
+        self.store.annotate(job_id, "webhook", result)

@@ -26,6 +26,9 @@ lifetime (3 reaper_interval_s) after the first worker starts; it runs as soon as
 free. A job left with all its batches done is closed at the next sweep: within reaper_interval_s,
 or one lock lifetime more when the reaper changes hands. Tasks are idempotent, so a false alarm
 costs a duplicate delivery, never a duplicate result.
+
+Retention: with `retention_days` > 0, each sweep also deletes (`JobStore.delete`) terminal jobs
+that finished longer ago than that, oldest first; the same lock makes one process act at a time.
 """
 
 from __future__ import annotations
@@ -47,12 +50,13 @@ from celery.signals import worker_ready, worker_shutdown
 from worker import keys
 from worker.celery_app import PLAN_JOB, QUEUES, RUN_BATCH
 from worker.settings import Settings, get_settings
-from worker.store import ACTIVE, JobStore
+from worker.store import ACTIVE, Deletion, JobStore
 
 log = logging.getLogger(__name__)
 
 UNACKED, UNACKED_INDEX = "unacked", "unacked_index"  # kombu's Redis transport defaults
 PRIORITY_SEP, PRIORITY_STEPS = "\x06\x16", (3, 6, 9)  # kombu's per-priority queue keys
+RETENTION_BATCH = 100  # jobs deleted per sweep at most: one sweep stays short
 
 # Refresh only our own lease (another attempt may hold the key after ours expired).
 _REFRESH = """
@@ -60,6 +64,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
+"""
+# Take a unit's lease (KEYS[2]) and count the delivery (KEYS[3]) only while the job's record
+# (KEYS[1]) exists: a task of a deleted job leaves nothing behind. ARGV: token, TTL ms, unit.
+_ACQUIRE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+return 1
 """
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -81,9 +93,19 @@ class Lease:
         self._done = threading.Event()
 
     def acquire(self) -> bool:
-        if not self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms):
+        """False when another attempt holds the unit, or the job is gone (deleted)."""
+        taken = self.redis.eval(
+            _ACQUIRE,
+            3,
+            keys.job(self.job_id),
+            self.key,
+            keys.attempts(self.job_id),
+            self.token,
+            self.ttl_ms,
+            self.unit,
+        )
+        if not taken:
             return False
-        self.redis.hincrby(keys.attempts(self.job_id), self.unit, 1)
         threading.Thread(target=self._refresh, name=f"lease-{self.key}", daemon=True).start()
         return True
 
@@ -112,7 +134,8 @@ class Lease:
 
 @contextmanager
 def leased(store: JobStore, job_id: str, unit: str) -> Iterator[Lease | None]:
-    """The unit's lease, or None when another live attempt holds it (then skip the unit)."""
+    """The unit's lease, or None when another live attempt holds it or the job was deleted
+    (then skip the unit)."""
     lease = Lease(store, job_id, unit, get_settings())
     if not lease.acquire():
         yield None
@@ -245,6 +268,19 @@ class Reaper:
         self.missing_since = seen_missing
         return actions
 
+    def prune(self) -> list[str]:
+        """Retention: delete up to RETENTION_BATCH terminal jobs that finished more than
+        `retention_days` ago (0 = keep every job). Returns what it did."""
+        days = self.settings.retention_days
+        if days <= 0:
+            return []
+        cutoff = time.time() - days * 86400
+        return [
+            f"deleted {job_id} (finished over {days:g} days ago)"
+            for job_id in self.store.finished_before(cutoff, RETENTION_BATCH)
+            if self.store.delete(job_id) == Deletion.deleted
+        ]
+
     def _open_units(self, job_id: str) -> list[str]:
         job = self.store.get(job_id)
         if job is None or job.terminal:
@@ -277,6 +313,8 @@ class Reaper:
                 if mine:
                     for action in self.sweep():
                         log.warning("reaper: %s", action)
+                    for action in self.prune():
+                        log.info("reaper: %s", action)
             except Exception:  # Redis away for a moment: try again next interval
                 log.warning("reaper sweep failed", exc_info=True)
 

@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     webhook_poll_s: float = Field(0.5, gt=0, description="how often the API looks for due ones")
     sse_keepalive_s: float = Field(10.0, gt=0, description="SSE comment when nothing happens")
 
+    # --- job lifecycle: deletion and retention (see worker.store.JobStore.delete) ----------
+    retention_days: float = Field(
+        0.0,
+        ge=0,
+        description="delete terminal jobs that finished longer ago than this; 0 = keep forever",
+    )
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -86,9 +86,62 @@ redis.call('ZADD', mine, 0, id)
 redis.call('ZADD', mine .. ':queued', 0, id)
 if KEYS[3] ~= '' then
   redis.call('SET', KEYS[3], ARGV[4] .. ' ' .. id, 'EX', tonumber(ARGV[5]))
+  redis.call('HSET', KEYS[1], 'idempotency_key', KEYS[3])
 end
 return {'created', id}
 """
+
+# Atomically delete a terminal job: its record, every per-job key (KEYS[5..]), its entries in
+# the index sets (KEYS[2] and the per-status and per-owner sets built from it), its webhook
+# outbox entries (KEYS[3], KEYS[4]) and the idempotency key that still names it. Refuses an
+# active job ('active') and one whose plan or batch lease is live ('busy': a worker is still
+# stopping it and would write its keys again). ARGV: id, lease key prefix, number of active
+# statuses, the active statuses, then the terminal ones.
+_DELETE = """
+local id, lease, nactive = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local rec = redis.call('HMGET', KEYS[1], 'status', 'owner', 'batches_total', 'idempotency_key')
+local status, owner = rec[1], rec[2] or ''
+if not status then return 'missing' end
+for i = 4, 3 + nactive do
+  if ARGV[i] == status then return 'active' end
+end
+if redis.call('EXISTS', lease .. 'plan') == 1 then return 'busy' end
+for b = 0, (tonumber(rec[3]) or 0) - 1 do
+  if redis.call('EXISTS', lease .. b) == 1 then return 'busy' end
+end
+redis.call('DEL', KEYS[1], unpack(KEYS, 5))
+redis.call('ZREM', KEYS[2], id)
+redis.call('ZREM', KEYS[2] .. ':owner:' .. owner, id)
+for i = 4, #ARGV do
+  redis.call('ZREM', KEYS[2] .. ':' .. ARGV[i], id)
+  redis.call('ZREM', KEYS[2] .. ':owner:' .. owner .. ':' .. ARGV[i], id)
+end
+redis.call('ZREM', KEYS[3], id)
+redis.call('HDEL', KEYS[4], id)
+local idem = rec[4]
+if idem and idem ~= '' then
+  local named = redis.call('GET', idem)
+  if named and string.sub(named, -(#id + 1)) == ' ' .. id then redis.call('DEL', idem) end
+end
+return 'deleted'
+"""
+
+# Set one field of a job record only while the record exists (a late writer must not leave a
+# record holding that field alone behind a deleted job).
+_ANNOTATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+
+class Deletion(StrEnum):
+    """What `JobStore.delete` did: deleted, or why not."""
+
+    deleted = "deleted"
+    missing = "missing"
+    active = "active"  # queued or running: cancel it first
+    busy = "busy"  # terminal, but a worker still holds a lease on it (stopping): retry shortly
 
 
 class QuotaFull(Exception):
@@ -109,7 +162,12 @@ class IdempotentReplay(Exception):
 
 def new_job_id() -> str:
     """Fixed-width hex: 12 digits of milliseconds, then 8 random; sorts by creation time."""
-    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(4)}"
+    return f"{time_prefix(time.time())}{secrets.token_hex(4)}"
+
+
+def time_prefix(at: float) -> str:
+    """The leading digits of the ids of jobs created at unix time `at`."""
+    return f"{int(at * 1000):012x}"
 
 
 @dataclass
@@ -165,6 +223,8 @@ class JobStore:
         self.redis = client
         self._transition = client.register_script(_TRANSITION)
         self._create = client.register_script(_CREATE)
+        self._delete = client.register_script(_DELETE)
+        self._annotate = client.register_script(_ANNOTATE)
 
     @classmethod
     def from_url(cls, url: str) -> JobStore:
@@ -305,8 +365,56 @@ class JobStore:
             job_id, JobStatus.succeeded, ACTIVE, engine=engine, finished_at=repr(time.time())
         )
 
+    def annotate(self, job_id: str, field: str, value: str) -> bool:
+        """Set a field of an existing record; False (and nothing written) when it is gone."""
+        return bool(self._annotate(keys=[keys.job(job_id)], args=[field, value]))
+
     def set_batches_total(self, job_id: str, total: int) -> None:
         self.redis.hset(keys.job(job_id), "batches_total", total)
+
+    # --- deletion -------------------------------------------------------------------------
+
+    def delete(self, job_id: str) -> Deletion:
+        """Remove a terminal job and everything stored for it, in one step (see `_DELETE`).
+        The idempotency key that created it goes too: the same key then submits a new job."""
+        per_job = [
+            keys.cells(job_id),
+            keys.summaries(job_id),
+            keys.progress(job_id),
+            keys.batches(job_id),
+            keys.cancel(job_id),
+            keys.attempts(job_id),
+            keys.events(job_id),
+        ]
+        args = [job_id, keys.lease(job_id, ""), len(ACTIVE), *ACTIVE, *TERMINAL]
+        outcome = Deletion(
+            self._delete(
+                keys=[keys.job(job_id), keys.JOBS, keys.WEBHOOKS_DUE, keys.WEBHOOK_ATTEMPTS]
+                + per_job,
+                args=args,
+            )
+        )
+        if outcome == Deletion.deleted:
+            logs.event("job.deleted", job_id=job_id)
+        return outcome
+
+    def finished_before(self, cutoff: float, limit: int = 100) -> list[str]:
+        """Up to `limit` terminal jobs that finished before unix time `cutoff`, oldest first.
+        Ids begin with their creation time and a job finishes after it is created, so only
+        the oldest ids created before the cutoff are read (10 `limit` per status at most)."""
+        found: list[str] = []
+        for status in TERMINAL:
+            index, top = keys.jobs_in(status), f"({time_prefix(cutoff)}"
+            found += self.redis.zrangebylex(index, "-", top, start=0, num=10 * limit)
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in found:
+            pipe.hget(keys.job(job_id), "finished_at")
+        done = [
+            job_id
+            for job_id, finished in zip(found, pipe.execute(), strict=True)
+            if finished and float(finished) < cutoff
+        ]
+        return sorted(done)[:limit]
 
     # --- cancellation --------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import StreamingResponse
+from pydantic import WithJsonSchema
 
 from service.auth import CallerDep
 from service.errors import JobNotFound
@@ -28,6 +29,9 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 END_GRACE_MS = 2000
 EVENT_ID = r"^[0-9]{1,20}-[0-9]{1,20}$"
+# Empty, as the SSE standard has it, means no event seen yet: start at the first.
+EVENT_ID_OR_EMPTY = r"^([0-9]{1,20}-[0-9]{1,20})?$"
+RESUME = "resume after this event id (empty: from the first event)"
 EXAMPLE = (
     'retry: 1000\n\nid: 1735732800000-0\nevent: status\ndata: {"status":"queued"}\n\n'
     'id: 1735732800150-0\nevent: progress\ndata: {"runs_done":5,"runs_total":10,"fraction":0.5}'
@@ -93,7 +97,11 @@ async def job_events(
     caller: CallerDep,
     job_id: Annotated[str, Path(description="job id, as returned by POST /v1/jobs")],
     last_event_id: Annotated[
-        str | None, Header(alias="Last-Event-ID", pattern=EVENT_ID, description="resume after")
+        str | None,
+        Header(alias="Last-Event-ID", pattern=EVENT_ID_OR_EMPTY, description=RESUME),
+        # A header is a string or absent, never null: say so (a null in the document reads
+        # as the text "null" to generators, which the pattern then refuses).
+        WithJsonSchema({"type": "string", "pattern": EVENT_ID_OR_EMPTY, "description": RESUME}),
     ] = None,
     after: Annotated[
         str | None,

@@ -1,4 +1,4 @@
-"""Job routes under /v1/jobs: submit, inspect, list, fetch results and plots, cancel."""
+"""Job routes under /v1/jobs: submit, inspect, list, fetch results and plots, cancel, delete."""
 
 from __future__ import annotations
 
@@ -31,7 +31,14 @@ from service.schemas import (
 )
 from worker import keys
 from worker.celery_app import queue_for
-from worker.store import IdempotentReplay, JobRecord, JobStatus, JobStore, QuotaFull
+from worker.store import (
+    Deletion,
+    IdempotentReplay,
+    JobRecord,
+    JobStatus,
+    JobStore,
+    QuotaFull,
+)
 
 router = APIRouter(
     prefix="/v1/jobs",
@@ -43,6 +50,28 @@ JobId = Annotated[str, Path(description="job id, as returned by POST /v1/jobs")]
 NOT_FOUND = {404: {"model": ErrorBody, "description": "no job with this id (that you may see)"}}
 RETRY_AFTER_S = 10  # a hint: small jobs finish in seconds, the queue drains meanwhile
 NOT_READY = {409: {"model": ErrorBody, "description": "the job has no results yet"}}
+
+
+def _link(method: str, path: str, description: str) -> dict[str, Any]:
+    """An OpenAPI link to the route `method path` for the job whose id the response holds:
+    clients (and schemathesis's stateful phase) learn what to call next."""
+    pointer = "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method
+    return {
+        "operationRef": pointer,
+        "parameters": {"job_id": "$response.body#/id"},
+        "description": description,
+    }
+
+
+JOB = "/v1/jobs/{job_id}"
+JOB_LINKS = {
+    "status": _link("get", JOB, "the job's status and progress"),
+    "results": _link("get", f"{JOB}/results", "its results, once it has some"),
+    "plot": _link("get", f"{JOB}/plot.png", "its figure, once it has results"),
+    "events": _link("get", f"{JOB}/events", "its events as they happen (SSE)"),
+    "cancel": _link("post", f"{JOB}/cancel", "stop it"),
+    "delete": _link("delete", JOB, "delete it, once it has ended"),
+}
 # matplotlib's state is not safe to share between the threads that serve requests.
 _plot_lock = threading.Lock()
 
@@ -78,12 +107,14 @@ def _result(store: JobStore, job: JobRecord, partial: bool = False) -> dict[str,
     description="Validates the JobSpec, stores the job and queues it (queue `gpu` when "
     '`device` is "cuda", else `cpu`). Answers 202 with the job id, its links and a '
     "`Location` header. A spec that fails validation, or is over a bound (sizes, grid cells, "
-    "estimated cost or memory), answers 422 naming every bad field or the bound. With an "
+    "estimated cost or memory), answers 422 naming every bad field or the bound; so does a "
+    "`notify_url` this deployment refuses (webhooks off, or a host not allowed). With an "
     "`Idempotency-Key` header, a retry with the same key and body answers the same job; the "
     "same key with another body answers 409. 429 with `Retry-After` when the caller already "
     "has the most queued+running jobs allowed.",
     dependencies=[Depends(require_json)],
     responses={
+        202: {"description": "accepted and queued", "links": JOB_LINKS},
         400: {"model": ErrorBody, "description": "the body is not readable text (not UTF-8)"},
         409: {"model": ErrorBody, "description": "Idempotency-Key reused with another body"},
         413: {"model": ErrorBody, "description": "request body too large"},
@@ -113,7 +144,8 @@ def submit_job(
         Query(
             max_length=2000,
             description="POST the job's summary here when it ends (signed: see README, "
-            "Webhooks); the host must be on BOLAB_WEBHOOK_ALLOWED_HOSTS, else 422",
+            "Webhooks); 422 when the deployment has webhooks off (no BOLAB_WEBHOOK_SECRET) or "
+            "the host is not on BOLAB_WEBHOOK_ALLOWED_HOSTS",
         ),
     ] = None,
 ) -> JobAccepted:
@@ -198,7 +230,7 @@ def list_jobs(
     summary="Job status",
     description="Status, progress, timestamps, the spec, the error of a failed job, and one "
     "summary row per cell finished so far (a sweep shows partial results as cells finish).",
-    responses=NOT_FOUND,
+    responses={200: {"description": "the job", "links": JOB_LINKS}, **NOT_FOUND},
 )
 def get_job(job_id: JobId, store: StoreDep, caller: CallerDep) -> JobView:
     job = _job(store, job_id, caller)
@@ -270,7 +302,11 @@ def get_plot(
     description="Stops a queued or running job: it is marked cancelled at once and workers "
     "stop its batches within about a second. Cells finished before stay in the results. "
     "Cancelling a cancelled job is a no-op; a succeeded or failed job answers 409.",
-    responses={**NOT_FOUND, 409: {"model": ErrorBody, "description": "the job already ended"}},
+    responses={
+        200: {"description": "the job, now cancelled", "links": JOB_LINKS},
+        **NOT_FOUND,
+        409: {"model": ErrorBody, "description": "the job already ended"},
+    },
 )
 def cancel_job(job_id: JobId, store: StoreDep, caller: CallerDep) -> JobView:
     job = _job(store, job_id, caller)
@@ -278,3 +314,35 @@ def cancel_job(job_id: JobId, store: StoreDep, caller: CallerDep) -> JobView:
         raise Conflict(f"job {job_id} already {job.status.value}")
     store.cancel(job_id)
     return get_job(job_id, store, caller)
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    response_class=Response,
+    summary="Delete a job",
+    description="Removes a finished (succeeded, failed or cancelled) job for good: its record, "
+    "results, progress and event log, and any webhook delivery still pending. The owner or an "
+    "admin may delete it. A queued or running job answers 409: cancel it first. Right after a "
+    "cancel a worker may still be stopping the job's batch: 409 with `Retry-After` then. The "
+    "`Idempotency-Key` that submitted the job is freed: sent again, it submits a new job.",
+    responses={
+        204: {"description": "deleted"},
+        **NOT_FOUND,
+        409: {"model": ErrorBody, "description": "the job is queued or running, or stopping"},
+    },
+)
+def delete_job(job_id: JobId, store: StoreDep, caller: CallerDep) -> Response:
+    job = _job(store, job_id, caller)
+    outcome = store.delete(job_id)
+    if outcome == Deletion.missing:  # deleted by another request meanwhile
+        raise JobNotFound(job_id)
+    if outcome == Deletion.active:
+        raise Conflict(f"job {job_id} is {job.status.value}; cancel it first")
+    if outcome == Deletion.busy:
+        raise Conflict(
+            f"job {job_id} is {job.status.value} but a worker is still stopping its batch; "
+            "retry shortly",
+            {"Retry-After": "1"},
+        )
+    return Response(status_code=204)
