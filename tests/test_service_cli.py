@@ -35,7 +35,9 @@ def test_submit_wait_prints_the_summary_table(lab: LabClient, spec_file: Path) -
     assert "0.05" in out and "0.1" in out  # one row per cell, keyed by the swept axis
 
 
-def test_submit_status_results_cancel(lab: LabClient, spec_file: Path, tmp_path: Path) -> None:
+def test_submit_status_results_cancel_delete(
+    lab: LabClient, spec_file: Path, tmp_path: Path
+) -> None:
     url = str(lab.http.base_url).rstrip("/")
     code, out, _ = bolab("submit", str(spec_file), "--url", url)
     assert code == 0
@@ -55,6 +57,11 @@ def test_submit_status_results_cancel(lab: LabClient, spec_file: Path, tmp_path:
 
     code, _, err = bolab("cancel", job_id, "--url", url)
     assert code == 1 and "409" in err  # it already succeeded
+
+    code, out, _ = bolab("delete", job_id, "--url", url)
+    assert code == 0 and out.strip() == f"{job_id} deleted"
+    code, _, err = bolab("status", job_id, "--url", url)
+    assert code == 1 and "404" in err
 
 
 def test_errors_are_readable(lab: LabClient, tmp_path: Path) -> None:
