@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from bolab.client import LabClient
+from bolab.client import LabClient, LabError
+from tests.helpers import TINY
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -114,6 +115,23 @@ def test_cancel_from_the_job_page(page: Page, lab: LabClient) -> None:
     # The short cell finishes and shows up live (row and partial plot) while the long one runs.
     expect(page.locator("#summary tbody tr")).to_have_count(1, timeout=60_000)
     expect(page.locator("#plot[data-cells='1']")).to_be_visible(timeout=30_000)
+    expect(page.locator("#delete")).to_be_hidden()  # an active job is cancelled first
     page.click("#cancel")
     expect(page.locator("#job-status .status")).to_have_text("cancelled")
     assert lab.status(job_id)["status"] == "cancelled"
+    expect(page.locator("#delete")).to_be_visible()
+
+
+def test_delete_from_the_job_page(page: Page, lab: LabClient) -> None:
+    job_id = lab.submit(TINY)["id"]
+    assert lab.wait(job_id, timeout=60)["status"] == "succeeded"
+    base = str(lab.http.base_url).rstrip("/")
+    page.goto(f"{base}/ui/#/jobs/{job_id}")
+    page.once("dialog", lambda dialog: dialog.accept())  # "Delete job ... for good?"
+    page.click("#delete")
+    page.wait_for_url("**/ui/#/")  # back to the list, which no longer has it
+    expect(page.locator("#jobs")).to_be_visible()
+    expect(page.locator(f"#jobs tr[data-job='{job_id}']")).to_have_count(0)
+    with pytest.raises(LabError) as gone:
+        lab.status(job_id)
+    assert gone.value.status_code == 404

@@ -183,6 +183,12 @@ async function jobPage(id) {
     try { setJob(await (await api(`/v1/jobs/${id}/cancel`, { method: "POST" })).json()); }
     catch (error) { alert(error.message); }
   } }, "Cancel job");
+  const remove = el("button", { class: "danger", id: "delete", hidden: true, onclick: async () => {
+    if (!confirm(`Delete job ${id} and its results for good?`)) return;
+    remove.disabled = true;
+    try { await api(`/v1/jobs/${id}`, { method: "DELETE" }); location.hash = "#/"; }
+    catch (error) { alert(error.message); remove.disabled = false; }
+  } }, "Delete job");
   const error = el("p", { class: "error", id: "job-error" });
   let plotBusy = false, plotAgain = false, plotUrl = null;
 
@@ -194,6 +200,7 @@ async function jobPage(id) {
     job.status = value;
     status.replaceChildren(badge(value));
     cancel.hidden = TERMINAL.includes(value);
+    remove.hidden = !TERMINAL.includes(value);  // a queued or running job is cancelled first
   }
   function addRow(row) {
     if (tbody.querySelector(`tr[data-index="${row.index}"]`)) return;
@@ -230,7 +237,7 @@ async function jobPage(id) {
   view.replaceChildren(
     el("h1", {}, "Job ", el("code", {}, id), " ", status),
     el("div", { class: "card" },
-      progress, el("div", { class: "actions" }, progressText, cancel,
+      progress, el("div", { class: "actions" }, progressText, cancel, remove,
         el("a", { href: "#", onclick: (e) => { e.preventDefault(); download(`/v1/jobs/${id}/results?format=json`, `${id}.json`); } }, "results JSON"),
         el("a", { href: "#", onclick: (e) => { e.preventDefault(); download(`/v1/jobs/${id}/results?format=csv`, `${id}.csv`); } }, "CSV"),
         el("span", { class: "muted" }, `owner ${job.owner || "—"} · queue ${job.queue} · created ${job.created_at}`)),
