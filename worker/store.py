@@ -95,8 +95,9 @@ return {'created', id}
 # the index sets (KEYS[2] and the per-status and per-owner sets built from it), its webhook
 # outbox entries (KEYS[3], KEYS[4]) and the idempotency key that still names it. Refuses an
 # active job ('active') and one whose plan or batch lease is live ('busy': a worker is still
-# stopping it and would write its keys again). ARGV: id, lease key prefix, number of active
-# statuses, the active statuses, then the terminal ones.
+# stopping it and would write its keys again). UNLINK: Redis frees a big job's memory in a
+# background thread, so the script does not stall other clients. ARGV: id, lease key prefix,
+# number of active statuses, the active statuses, then the terminal ones.
 _DELETE = """
 local id, lease, nactive = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local rec = redis.call('HMGET', KEYS[1], 'status', 'owner', 'batches_total', 'idempotency_key')
@@ -109,7 +110,7 @@ if redis.call('EXISTS', lease .. 'plan') == 1 then return 'busy' end
 for b = 0, (tonumber(rec[3]) or 0) - 1 do
   if redis.call('EXISTS', lease .. b) == 1 then return 'busy' end
 end
-redis.call('DEL', KEYS[1], unpack(KEYS, 5))
+redis.call('UNLINK', KEYS[1], unpack(KEYS, 5))
 redis.call('ZREM', KEYS[2], id)
 redis.call('ZREM', KEYS[2] .. ':owner:' .. owner, id)
 for i = 4, #ARGV do
