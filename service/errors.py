@@ -10,8 +10,9 @@ import logging
 import redis
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from kombu.exceptions import OperationalError
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
@@ -57,15 +58,20 @@ def _answer(status_code: int, detail: str, headers: dict[str, str] | None = None
     return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
 
 
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def _allowed(app: FastAPI, request: Request) -> list[str]:
     """Every method some route serves at this path. (Starlette's 405 names only the methods of
     the first route that matched the path, e.g. POST alone for GET and POST /v1/jobs.)"""
-    methods: set[str] = set()
-    for route in app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "GET"})
-        if match != Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
-    return sorted(methods)
+    return [
+        method
+        for method in METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in app.router.routes
+        )
+    ]
 
 
 def install(app: FastAPI) -> None:
@@ -74,11 +80,10 @@ def install(app: FastAPI) -> None:
         return _answer(exc.status_code, exc.detail, exc.headers)
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        headers = dict(exc.headers or {})
+    async def http_error(request: Request, exc: HTTPException) -> Response:
         if exc.status_code == 405:
-            headers["Allow"] = ", ".join(_allowed(app, request))
-        return _answer(exc.status_code, exc.detail, headers)
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(_allowed(app, request))}
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -89,3 +89,20 @@ def test_hostile_bodies_are_4xx(lab: LabClient, body: bytes, content_type: str) 
     response = lab.http.post("/v1/jobs", content=body, headers={"content-type": content_type})
     assert 400 <= response.status_code < 500, response.text
     assert "detail" in response.json()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("OPTIONS", "/v1/jobs", "GET, POST"),
+        ("PUT", "/v1/jobs/0123abcd", "GET, DELETE"),
+        ("GET", "/v1/jobs/0123abcd/cancel", "POST"),
+    ],
+)
+def test_405_names_every_method_of_the_path(
+    lab: LabClient, method: str, path: str, allowed: str
+) -> None:
+    response = lab.http.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allowed  # not only those of the first route that matched
+    assert response.json() == {"detail": "Method Not Allowed"}
