@@ -246,13 +246,18 @@ def worker(
     """Run a Celery worker that trains batches. Reads the Redis URL from BOLAB_REDIS_URL."""
     _use_redis(redis_url)
     from worker.celery_app import QUEUES, celery_app
+    from worker.settings import get_settings
 
     wanted = [q.strip() for q in queues.split(",") if q.strip()]
     unknown = sorted(set(wanted) - set(QUEUES))
     if not wanted or unknown:
         raise typer.BadParameter(f"queues are {', '.join(QUEUES)}", param_hint="--queues")
-    # Batches running side by side share the cores: torch threads beyond that only spin.
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // concurrency)))
+    # Batches running side by side share the cores: torch threads beyond that only spin. A
+    # batch trains as many runs at once as torch has threads, and admission control counts
+    # the memory of BOLAB_MAX_PARALLEL_RUNS of them, so never more.
+    threads = int(os.environ.get("OMP_NUM_THREADS") or (os.cpu_count() or 1) // concurrency)
+    threads = min(threads, get_settings().max_parallel_runs)
+    os.environ["OMP_NUM_THREADS"] = str(max(1, threads))
     if pool == "auto":
         # CUDA must not be used across a fork: GPU workers run batches in their own process.
         pool = "threads" if "gpu" in wanted else "prefork"

@@ -44,11 +44,24 @@ class Settings(BaseSettings):
     max_seeds: int = Field(1000, ge=1, description="seeds per cell")
     max_cells: int = Field(10_000, ge=1, description="grid cells per job")
     max_steps: int = Field(1_000_000_000, ge=1)
-    # Work units: multiply-adds of one GD step (width*n*n Gram form, width*n*d plain) times
-    # max_steps, summed over runs, plus building each run's data (service.limits.estimate_cost).
-    # examples/paper_heatmap.json (550 runs, default max_steps 100000) comes to 3.87e13.
-    max_cost: float = Field(1e15, gt=0, description="bound on the estimated work of a job")
-    max_batch_bytes: int = Field(8 << 30, ge=1, description="bound on one batch's tensors")
+    # The cost model of bo_engine.cost: work in GEMM multiply-add units (about 8e9 a second on
+    # one core here), memory in bytes. examples/paper_heatmap.json comes to about 1.4e14 units.
+    max_cost: float = Field(1e15, gt=0, description="bound on the estimated work of a job (units)")
+    max_batch_bytes: int = Field(
+        8 << 30, ge=1, description="bound on the estimated peak memory of one batch (bytes)"
+    )
+    max_step_work: float = Field(
+        4e9, gt=0, description="bound on one GD step of one run (units; ~0.5 s on one core)"
+    )
+    max_trajectory_points: int = Field(
+        10_000, ge=2, description="bound on trajectory points per run (max_steps / record_every)"
+    )
+    max_result_bytes: int = Field(
+        64 << 20, ge=1 << 16, description="bound on the estimated result document of a job"
+    )
+    max_parallel_runs: int = Field(
+        8, ge=1, description="runs a CPU worker process trains at once (bounds its threads)"
+    )
     max_active_jobs: int = Field(100, ge=1, description="queued+running jobs per key")
     idempotency_ttl_s: int = Field(24 * 3600, ge=60)
     # A batch's lease lives this long unless its worker refreshes it (every third of it).
