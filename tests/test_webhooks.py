@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from bolab.client import LabClient, LabError
-from bolab.stack import ApiServer, RedisServer, WorkerProcess
+from bolab.stack import BOLAB, ApiServer, RedisServer, WorkerProcess
 from tests.helpers import ENDLESS, TINY, eventually, keyed_api_on_own_redis
 from worker import keys
 from worker.store import JobStore
@@ -175,24 +177,27 @@ def ended_now(client: LabClient, url: str) -> str:
     return job_id
 
 
-def test_signed_summary_on_success_and_cancel(hooked: LabClient, receiver: Receiver) -> None:
-    from service.webhooks import verify
+def owner_key(owner: str) -> str:
+    """The key an owner's receivers check: HMAC-SHA256(BOLAB_WEBHOOK_SECRET, "bolab-webhook:" +
+    owner), in hex."""
+    return hmac.new(SECRET.encode(), f"bolab-webhook:{owner}".encode(), hashlib.sha256).hexdigest()
 
+
+def test_signed_summary_on_success_and_cancel(hooked: LabClient, receiver: Receiver) -> None:
     job_id = hooked.submit(TINY, notify_url=receiver.url("/done"))["id"]
     assert hooked.wait(job_id, timeout=60)["status"] == "succeeded"
     call = eventually(lambda: receiver.to("/done"), timeout=15)[0]
 
     payload = json.loads(call.body)
-    owner = payload["job"]["owner"]
-    # The owner's key: HMAC-SHA256(BOLAB_WEBHOOK_SECRET, "bolab-webhook:<owner>"), in hex.
-    key = hmac.new(SECRET.encode(), f"bolab-webhook:{owner}".encode(), hashlib.sha256)
-    secret = key.hexdigest()
+    secret = owner_key(payload["job"]["owner"])
     stamp = call.headers["X-Bolab-Timestamp"]
     assert abs(int(stamp) - time.time()) < 60
     signed = stamp.encode() + b"." + call.body
     expected = "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
     signature = call.headers["X-Bolab-Signature-256"]
     assert hmac.compare_digest(signature, expected)
+    from service.webhooks import verify
+
     assert verify(secret, stamp, signature, call.body)
     # A receiver refuses a replay minutes later, a moved timestamp, another body or key.
     assert not verify(secret, stamp, signature, call.body, now=int(stamp) + 301)
@@ -214,6 +219,16 @@ def test_signed_summary_on_success_and_cancel(hooked: LabClient, receiver: Recei
     hooked.cancel(slow)
     call = eventually(lambda: receiver.to("/cancelled"), timeout=15)[0]
     assert json.loads(call.body)["job"]["status"] == "cancelled"
+
+
+def test_owner_key_from_the_cli() -> None:
+    argv = [*BOLAB, "keys", "webhook-secret", "alice"]
+    env = {**os.environ, "BOLAB_WEBHOOK_SECRET": SECRET}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=True, timeout=60)
+    assert done.stdout.strip() == owner_key("alice") != owner_key("bob")
+    env["BOLAB_WEBHOOK_SECRET"] = ""
+    off = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert off.returncode == 1 and "BOLAB_WEBHOOK_SECRET" in off.stderr
 
 
 def test_retries_with_backoff_then_gives_up(
