@@ -1,22 +1,29 @@
 """Webhooks against real HTTP receivers on 127.0.0.1: the signature covers a timestamp and
 verifies under the owner's key, 500s are retried with growing delays up to the cap, a slow
 receiver holds up no other receiver and is abandoned at the deadline, an endless answer is read
-only up to the cap, and only allowed hosts, ports and addresses are used (422 or refused)."""
+only up to the cap, only allowed hosts, ports and addresses are used (422 or refused), and the
+POST goes to the address that was checked."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
+import shutil
+import ssl
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 
 from bolab.client import LabClient, LabError
@@ -395,3 +402,88 @@ def test_host_resolving_to_private_address_is_refused(
     assert outcome.startswith("refused: host 'localhost' resolves to 127.0.0.1")
     assert receiver.to("/private") == []  # never called, never retried
     assert store.redis.zscore(keys.WEBHOOKS_DUE, job_id) is None
+
+
+@pytest.mark.parametrize(
+    ("address", "is_public"),
+    [
+        ("93.184.216.34", True),
+        ("2606:4700::1111", True),
+        ("127.0.0.1", False),
+        ("10.1.2.3", False),
+        ("192.168.1.1", False),
+        ("100.64.0.1", False),  # shared address space (carrier NAT)
+        ("169.254.169.254", False),  # link-local: cloud metadata
+        ("224.0.0.1", False),
+        ("0.0.0.0", False),
+        ("240.0.0.1", False),  # reserved
+        ("::1", False),
+        ("fe80::1", False),
+        ("fc00::1", False),
+        ("::ffff:127.0.0.1", False),  # IPv4-mapped
+        ("2002:7f00:1::", False),  # 6to4 of 127.0.0.1
+        ("64:ff9b::a01:203", False),  # NAT64 of 10.1.2.3
+    ],
+)
+def test_public_addresses(address: str, is_public: bool) -> None:
+    from service.webhook_targets import public
+
+    assert public(ipaddress.ip_address(address)) is is_public
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_pinned_https_keeps_host_and_server_name(tmp_path: Path) -> None:
+    """The POST goes to the checked address, yet the receiver sees its own name in `Host` and
+    in TLS (SNI), and the certificate is checked against that name, not the address."""
+    from service.webhook_targets import resolve
+    from worker.settings import Settings
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    seen: dict[str, str | None] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's spelling)
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen["host"], seen["sni"] = self.headers["Host"], getattr(self.request, "sni", None)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    server_tls.sni_callback = lambda sock, name, _: setattr(sock, "sni", name)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = server_tls.wrap_socket(server.socket, server_side=True)
+    port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings = Settings(
+        webhook_secret=SECRET,
+        webhook_allowed_hosts="localhost",
+        webhook_allowed_ports=str(port),
+        webhook_allow_private=True,
+    )
+
+    async def post() -> int:
+        with ThreadPoolExecutor(1) as resolver:
+            target = await resolve(f"https://localhost:{port}/hook", settings, resolver)
+        assert target.url.host == "127.0.0.1"
+        trust = ssl.create_default_context(cafile=str(cert))
+        async with httpx.AsyncClient(verify=trust, trust_env=False) as http:
+            answer = await http.post(
+                target.url, content=b"{}", headers=target.headers, extensions=target.extensions
+            )
+        return answer.status_code
+
+    try:
+        assert asyncio.run(post()) == 204
+    finally:
+        server.shutdown()
+    assert seen == {"host": f"localhost:{port}", "sni": "localhost"}
