@@ -7,6 +7,7 @@ POST goes to the address that was checked."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -487,3 +488,59 @@ def test_pinned_https_keeps_host_and_server_name(tmp_path: Path) -> None:
     finally:
         server.shutdown()
     assert seen == {"host": f"localhost:{port}", "sni": "localhost"}
+
+
+def test_one_receiver_holds_at_most_its_share(
+    tmp_path: Path, receiver: Receiver, slow_receiver: Receiver
+) -> None:
+    """Two deliveries in flight at most, one per receiver: three stuck on one receiver still
+    leave a slot for another receiver's (a deliverer in this process, on a Redis of its own)."""
+    from service.webhooks import Deliverer, attach
+    from worker.settings import Settings
+
+    redis = RedisServer(tmp_path / "redis", log_path=tmp_path / "redis.log")
+    redis.start()
+    store = JobStore.from_url(redis.url)
+    settings = Settings(
+        redis_url=redis.url,
+        webhook_secret=SECRET,
+        webhook_allowed_hosts="127.0.0.1",
+        webhook_allowed_ports=f"{receiver.port},{slow_receiver.port}",
+        webhook_allow_private=True,
+        webhook_timeout_s=DEADLINE,
+        webhook_poll_s=0.05,
+        webhook_concurrency=2,
+        webhook_per_receiver=1,
+    )
+    slow_receiver.script["/share"] = ["trickle"]
+
+    def ended(url: str) -> str:
+        job = store.create(dict(TINY), runs_total=2, cells_total=1, queue="cpu")
+        attach(store, job.id, url)
+        store.cancel(job.id)  # ends it: its webhook is due
+        return job.id
+
+    async def deliver() -> None:
+        running = asyncio.create_task(Deliverer(store, settings).run_forever())
+        try:
+            async with asyncio.timeout(30):
+                for _ in range(3):
+                    ended(slow_receiver.url("/share"))
+                while not slow_receiver.to("/share"):
+                    await asyncio.sleep(0.05)
+                ended(receiver.url("/share-other"))
+                while not receiver.to("/share-other"):
+                    await asyncio.sleep(0.05)
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+
+    try:
+        asyncio.run(deliver())
+    finally:
+        store.redis.close()
+        redis.stop()
+    first = slow_receiver.to("/share")[0]
+    assert len(slow_receiver.to("/share")) == 1  # the other two waited for their turn
+    assert receiver.to("/share-other")[0].at < (first.ended or float("inf"))
