@@ -74,16 +74,39 @@ class Settings(BaseSettings):
 
     # --- dashboards and people (see service.webhooks, service.metrics) ---------------------
     webhook_secret: str = Field(
-        "", description="HMAC-SHA256 key of webhook signatures; empty = webhooks refused"
+        "",
+        description="master key of webhook signatures: each owner signs with a key derived "
+        "from it (`bolab keys webhook-secret OWNER`); empty = webhooks refused",
     )
     webhook_allowed_hosts: str = Field(
         "", description="comma-separated hosts notify_url may name ('*.lab.org' = subdomains)"
     )
     webhook_max_attempts: int = Field(5, ge=1, description="tries per webhook, then give up")
     webhook_backoff_s: float = Field(1.0, gt=0, description="first retry delay; doubles")
-    webhook_timeout_s: float = Field(10.0, gt=0)
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, description="deadline of one delivery attempt: DNS, connect, send, answer"
+    )
     webhook_poll_s: float = Field(0.5, gt=0, description="how often the API looks for due ones")
     sse_keepalive_s: float = Field(10.0, gt=0, description="SSE comment when nothing happens")
+
+    # --- webhook delivery: targets, isolation, bounds (see service.webhook_targets) ---------
+    webhook_allowed_ports: str = Field(
+        "80,443",
+        pattern=r"^\s*\d{1,5}\s*(,\s*\d{1,5}\s*)*$",
+        description="comma-separated ports a notify_url may name; others: 422",
+    )
+    webhook_allow_private: bool = Field(
+        False,
+        description="deliver to hosts that resolve to private, loopback, link-local, multicast "
+        "or reserved addresses (else such a delivery is refused)",
+    )
+    webhook_max_response_bytes: int = Field(
+        64 * 1024, ge=1, description="a receiver's answer is read up to this, then dropped"
+    )
+    webhook_concurrency: int = Field(32, ge=1, description="deliveries in flight per API process")
+    webhook_per_receiver: int = Field(
+        2, ge=1, description="deliveries in flight to one scheme://host:port per API process"
+    )
 
 
 @lru_cache
