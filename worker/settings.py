@@ -72,6 +72,15 @@ class Settings(BaseSettings):
     webhook_poll_s: float = Field(0.5, gt=0, description="how often the API looks for due ones")
     sse_keepalive_s: float = Field(10.0, gt=0, description="SSE comment when nothing happens")
 
+    # --- the embedded Redis of `bolab up` (see bolab.stack.RedisServer) ---------------------
+    redis_maxmemory: str = Field(
+        "2gb",
+        pattern=r"^[0-9]+([kKmMgG][bB]?)?$",
+        description="memory cap of the Redis `bolab up` starts (Redis units: 512mb, 2gb; 0 = "
+        "none); when full it evicts nothing and submissions answer 503. docker-compose.yml "
+        "reads the same variable",
+    )
+
 
 @lru_cache
 def get_settings() -> Settings:
