@@ -296,6 +296,7 @@ def up(
 
     settings = get_settings()
     data = data_dir or settings.data_dir
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)  # new: its owner's only (keys, Redis)
     if not os.environ.get("BOLAB_KEYS_FILE"):
         # Always, so `bolab keys add` takes effect while we run. A keys file that does not exist
         # is "no keys configured": open, loopback only, with the warning. Once it exists (even

