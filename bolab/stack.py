@@ -106,8 +106,9 @@ def make_private(directory: Path) -> None:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     directory.chmod(0o700)
     for path in directory.rglob("*"):
-        if not path.is_symlink():
-            path.chmod(path.stat().st_mode & 0o700)
+        with contextlib.suppress(FileNotFoundError):  # a temporary file Redis just renamed
+            if not path.is_symlink():
+                path.chmod(path.stat().st_mode & 0o700)
 
 
 def masked_url(url: str) -> str:
@@ -159,7 +160,8 @@ class ManagedProcess:
         )
         if given is not None:
             assert self.proc.stdin is not None
-            with self.proc.stdin:
+            # A child that exits at once (port taken, ...) is reported by wait_ready, with its log.
+            with contextlib.suppress(BrokenPipeError), self.proc.stdin:
                 self.proc.stdin.write(given)
         if wait:
             self.wait_ready()
