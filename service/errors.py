@@ -43,15 +43,12 @@ class Unavailable(ApiError):
     status_code = 503
 
 
-class StoreFull(Unavailable):
-    """Redis reached its maxmemory: it refuses writes and evicts nothing (noeviction)."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            "the job store is full (Redis reached its maxmemory): the request was not carried "
-            "out; stored jobs can still be read. Ask the lab's admin to free space or raise "
-            "BOLAB_REDIS_MAXMEMORY"
-        )
+# Redis reached its maxmemory: it refuses writes and evicts nothing (noeviction).
+STORE_FULL = (
+    "the job store is full (Redis reached its maxmemory): the request was not carried out; "
+    "stored jobs can still be read. Ask the lab's admin to free space or raise "
+    "BOLAB_REDIS_MAXMEMORY"
+)
 
 
 def store_full(exc: BaseException) -> bool:
@@ -88,7 +85,7 @@ def install(app: FastAPI) -> None:
     async def store_down(_: Request, exc: redis.RedisError) -> JSONResponse:
         if store_full(exc):
             log.warning("job store full: %s", exc)
-            return _answer(503, StoreFull().detail)
+            return _answer(503, STORE_FULL)
         log.warning("job store unavailable: %s", exc)
         return _answer(503, "job store (Redis) unavailable, try again shortly")
 
