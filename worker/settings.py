@@ -107,6 +107,14 @@ class Settings(BaseSettings):
     webhook_per_receiver: int = Field(
         2, ge=1, description="deliveries in flight to one scheme://host:port per API process"
     )
+    # --- the embedded Redis of `bolab up` (see bolab.stack.RedisServer) ---------------------
+    redis_maxmemory: str = Field(
+        "2gb",
+        pattern=r"^[0-9]+([kKmMgG][bB]?)?$",
+        description="memory cap of the Redis `bolab up` starts (Redis units: 512mb, 2gb; 0 = "
+        "none); when full it evicts nothing and submissions answer 503. docker-compose.yml "
+        "reads the same variable",
+    )
 
 
 @lru_cache
