@@ -62,3 +62,19 @@ def list_keys(
     # The same reading as the API's: malformed lines are skipped with a warning, as it does.
     for entry in parse_entries(path.read_text().splitlines(), str(path)):
         typer.echo(f"{entry.owner}\t{entry.role}")
+
+
+@keys_app.command("webhook-secret")
+def webhook_secret(
+    name: Annotated[str, typer.Argument(help="owner name, as in the keys file")],
+) -> None:
+    """Print the key NAME's receivers check webhook signatures with (derived from
+    BOLAB_WEBHOOK_SECRET, so one owner's receivers cannot forge another owner's calls)."""
+    from service.webhooks import owner_secret
+    from worker.settings import Settings
+
+    master = Settings().webhook_secret
+    if not master:
+        typer.echo("BOLAB_WEBHOOK_SECRET is not set: webhooks are off", err=True)
+        raise typer.Exit(1)
+    typer.echo(owner_secret(master, name))

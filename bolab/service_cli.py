@@ -13,7 +13,7 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -21,6 +21,9 @@ from rich.table import Table
 
 from bolab.client import DEFAULT_URL, Job, LabClient, LabError
 from bolab.console import emit, err, out
+
+if TYPE_CHECKING:
+    from bolab.stack import Stack
 
 UrlOpt = Annotated[
     str, typer.Option("--url", envvar="BOLAB_URL", help="lab service URL", show_default=True)
@@ -253,13 +256,18 @@ def worker(
     """Run a Celery worker that trains batches. Reads the Redis URL from BOLAB_REDIS_URL."""
     _use_redis(redis_url)
     from worker.celery_app import QUEUES, celery_app
+    from worker.settings import get_settings
 
     wanted = [q.strip() for q in queues.split(",") if q.strip()]
     unknown = sorted(set(wanted) - set(QUEUES))
     if not wanted or unknown:
         raise typer.BadParameter(f"queues are {', '.join(QUEUES)}", param_hint="--queues")
-    # Batches running side by side share the cores: torch threads beyond that only spin.
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // concurrency)))
+    # Batches running side by side share the cores: torch threads beyond that only spin. A
+    # batch trains as many runs at once as torch has threads, and admission control counts
+    # the memory of BOLAB_MAX_PARALLEL_RUNS of them, so never more.
+    threads = int(os.environ.get("OMP_NUM_THREADS") or (os.cpu_count() or 1) // concurrency)
+    threads = min(threads, get_settings().max_parallel_runs)
+    os.environ["OMP_NUM_THREADS"] = str(max(1, threads))
     if pool == "auto":
         # CUDA must not be used across a fork: GPU workers run batches in their own process.
         pool = "threads" if "gpu" in wanted else "prefork"
@@ -295,10 +303,12 @@ def up(
 
     Ctrl-C stops all three cleanly.
     """
-    from bolab.stack import Stack, port_free
+    from bolab.stack import Stack, masked_url, port_free
     from worker.settings import get_settings
 
-    data = data_dir or get_settings().data_dir
+    settings = get_settings()
+    data = data_dir or settings.data_dir
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)  # new: its owner's only (keys, Redis)
     if not os.environ.get("BOLAB_KEYS_FILE"):
         # Always, so `bolab keys add` takes effect while we run. A keys file that does not exist
         # is "no keys configured": open, loopback only, with the warning. Once it exists (even
@@ -312,6 +322,7 @@ def up(
         api_port=port,
         redis_url=redis_url,
         redis_port=redis_port,
+        redis_maxmemory=settings.redis_maxmemory,
         host=host,
         concurrency=concurrency,
     )
@@ -325,10 +336,9 @@ def up(
     try:
         err.print("starting Redis, API and worker ...")
         stack.start()
-        where = f"embedded, data in {data.resolve()}" if stack.redis else "external"
         err.print(
             f"[green]bolab is up[/]: API {stack.api.url} (docs {stack.api.url}/docs)\n"
-            f"  Redis {stack.redis_url} ({where})\n"
+            f"  Redis {masked_url(stack.redis_url)} ({_redis_where(stack, data)})\n"
             f"  worker {stack.worker.worker_name} (queues cpu,gpu)\n"
             f"  try: bolab submit examples/paper_gamma.json --wait --url {stack.api.url}\n"
             "Ctrl-C stops all three."
@@ -340,6 +350,20 @@ def up(
     finally:
         stack.stop()
     err.print("stopped.")
+
+
+def _redis_where(stack: Stack, data: Path) -> str:
+    """Which Redis `bolab up` uses, and a warning when the embedded one is older than 7."""
+    if stack.redis is None:
+        return "external"
+    version = stack.redis.version
+    said = (
+        f"embedded Redis {'.'.join(map(str, version))}, password and data in {data.resolve()}"
+        f", maxmemory {stack.redis.maxmemory or 'none'}"
+    )
+    if version < (7,):
+        said += "; [yellow]older than 7: put a redis-server 7 or newer on PATH[/]"
+    return said
 
 
 def register(app: typer.Typer) -> None:

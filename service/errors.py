@@ -46,6 +46,21 @@ class Unavailable(ApiError):
     status_code = 503
 
 
+# Redis reached its maxmemory: it refuses writes and evicts nothing (noeviction).
+STORE_FULL = (
+    "the job store is full (Redis reached its maxmemory): the request was not carried out; "
+    "stored jobs can still be read. Ask the lab's admin to free space or raise "
+    "BOLAB_REDIS_MAXMEMORY"
+)
+
+
+def store_full(exc: BaseException) -> bool:
+    """Is `exc` Redis refusing a write for want of memory? Inside a Lua script the refusal
+    comes wrapped in the script's error, so the text decides, not only the class."""
+    wrapped = "OOM command not allowed" in str(exc)
+    return isinstance(exc, redis.exceptions.OutOfMemoryError) or wrapped
+
+
 class TooManyJobs(ApiError):
     status_code = 429
 
@@ -93,6 +108,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(redis.RedisError)
     async def store_down(_: Request, exc: redis.RedisError) -> JSONResponse:
+        if store_full(exc):
+            log.warning("job store full: %s", exc)
+            return _answer(503, STORE_FULL)
         log.warning("job store unavailable: %s", exc)
         return _answer(503, "job store (Redis) unavailable, try again shortly")
 

@@ -1,10 +1,12 @@
 """Limits that keep one request or one job from taking the lab down.
 
 - Request bodies over `BOLAB_MAX_BODY_BYTES`: 413, before any parsing (`BodyLimit`).
-- Per job: bounds on n, d, width, n_test, seeds, max_steps and the number of grid cells, checked
-  on the raw body *before* the spec expands its grid (a hostile 10^8-cell grid never expands);
-  then an estimated cost and per-batch memory (`JobBounds`). Over a bound: 422 naming the bound
-  and the estimate.
+- Per job: the number of grid cells, checked on the raw body *before* the spec expands its grid
+  (a hostile 10^8-cell grid never expands); bounds on n, d, width, n_test, seeds, max_steps and
+  seed, checked on the raw body and again on every resolved cell, after pydantic's coercion, so
+  they hold for any JSON spelling of a number ("6000", 6000.0, 6e3, inside grids); then the cost
+  model's estimates (`bo_engine.cost`): work, peak memory of a batch, work of one GD step,
+  trajectory points per run and result size. Over a bound: 422 naming the bound and the value.
 - Per key: at most `BOLAB_MAX_ACTIVE_JOBS` queued+running jobs (429, checked atomically by the
   job store when the job is created).
 """
@@ -18,8 +20,8 @@ from fastapi import Request
 from pydantic import AfterValidator, BeforeValidator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bo_engine.plan import plan_batches
-from bo_engine.spec import Cell, JobSpec, uses_gram_form
+from bo_engine.cost import job_cost
+from bo_engine.spec import JobSpec
 from service.errors import UnsupportedMediaType
 from worker.settings import Settings, get_settings
 
@@ -33,7 +35,6 @@ BOUNDED = {
     "max_steps": "max_steps",
 }
 MAX_SEED = 2**62  # torch seeds are 64-bit; seed + run offset must stay below that
-DTYPE_BYTES = {"float32": 4, "float64": 8}
 
 
 class BodyLimit:
@@ -105,31 +106,32 @@ def require_json(request: Request) -> None:
 
 
 def _number(value: Any) -> float | None:
+    """The number a raw JSON value stands for once pydantic coerces it, or None for a
+    non-number. Numeric strings count ("6000", " 6e3 "): the spec accepts them in lax mode."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip().replace("_", ""))
+        except ValueError:
+            return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if not isinstance(value, int) or value < 2**1000 else math.inf
+    if isinstance(value, int):
+        return float(value) if value < 2**1000 else math.inf
+    return value if math.isfinite(value) else math.inf
 
 
 def precheck(data: Any, settings: Settings | None = None) -> Any:
-    """Bounds on the raw body: sizes, grid cells. Runs before the spec expands its grid."""
+    """Bounds on the raw body, before the spec expands its grid: the number of grid cells, and
+    values so large that resolving a cell could overflow. `check_bounds` repeats the size bounds
+    on the resolved cells, after pydantic's coercion, whatever the JSON spelling."""
     if not isinstance(data, dict):
         return data  # the spec's own validation says what is wrong
     s = settings or get_settings()
     grid = data.get("grid") if isinstance(data.get("grid"), dict) else {}
-    problems = []
-    for field, setting in BOUNDED.items():
-        bound = getattr(s, setting)
-        values = [data.get(field), *_axis(grid, field)]
-        worst = max((v for v in map(_number, values) if v is not None), default=None)
-        if worst is not None and worst > bound:
-            problems.append(f"{field} = {_show(worst)} is over the bound {setting} = {bound}")
-    ratio = max((v for v in map(_number, _axis(grid, "d_over_n")) if v is not None), default=None)
-    if ratio is not None and ratio > s.max_d:
-        problems.append(f"d_over_n = {_show(ratio)} is over the bound max_d = {s.max_d}")
-    seed = _number(data.get("seed"))
-    seeds = [v for v in map(_number, _axis(grid, "seed")) if v is not None]
-    if max([seed or 0, *seeds]) > MAX_SEED:
-        problems.append(f"seed is over the bound {MAX_SEED}")
+    values = {field: [data.get(field), *_axis(grid, field)] for field in BOUNDED}
+    values["d_over_n"] = _axis(grid, "d_over_n")  # d = n d_over_n >= d_over_n
+    values["seed"] = [data.get("seed"), *_axis(grid, "seed")]
+    problems = _over_bounds(values, s)
     cells = math.prod(len(v) if isinstance(v, list) else 1 for v in grid.values())
     if cells > s.max_cells:
         problems.append(f"grid has {cells} cells, over the bound max_cells = {s.max_cells}")
@@ -143,50 +145,60 @@ def _axis(grid: dict[str, Any], name: str) -> list[Any]:
     return values if isinstance(values, list) else []
 
 
-def step_work(cell: Cell) -> float:
-    """Multiply-adds of one GD step of one run: O(width n^2) in the Gram form, else width n d."""
-    return cell.width * cell.n * (cell.n if uses_gram_form(cell.n, cell.d) else cell.d)
-
-
-def estimate_cost(spec: JobSpec) -> float:
-    """Work units of the whole job if every run used all of max_steps (an upper estimate),
-    plus building the data and Gram matrices once per run."""
-    return sum(
-        c.seeds * (c.max_steps * step_work(c) + (c.n + c.n_test) * c.d * c.width)
-        for c in spec.cells
-    )
-
-
-def estimate_batch_bytes(spec: JobSpec) -> int:
-    """The largest batch's tensors: per run, data (n + n_test) x d, Gram blocks (n + n_test) x n
-    and pre-activations (n + n_test) x width, padded to the batch's largest n (Gram form)."""
-    worst = 0
-    for batch in plan_batches(spec):
-        cells = [spec.cells[i] for i in batch.cell_indices]
-        n = max(c.n for c in cells)
-        elems = sum(c.seeds * (n + c.n_test) * (c.d + n + 2 * c.width) for c in cells)
-        worst = max(worst, elems * DTYPE_BYTES[spec.dtype])
-    return worst
-
-
-def check_costs(spec: JobSpec, settings: Settings | None = None) -> JobSpec:
-    s = settings or get_settings()
+def _over_bounds(values: dict[str, list[Any]], s: Settings) -> list[str]:
+    """One message per bounded field whose largest value is over its bound."""
     problems = []
-    cost = estimate_cost(spec)
-    if cost > s.max_cost:
-        problems.append(
-            f"estimated cost {cost:.3g} work units (runs x max_steps x per-step work) is over "
-            f"the bound max_cost = {s.max_cost:.3g}; lower max_steps, seeds or the grid"
-        )
-    memory = estimate_batch_bytes(spec)
-    if memory > s.max_batch_bytes:
-        problems.append(
-            f"estimated memory of one batch {memory / 2**30:.3g} GiB is over the bound "
-            f"max_batch_bytes = {s.max_batch_bytes / 2**30:.3g} GiB"
-        )
+    for field, raw in values.items():
+        worst = max((v for v in map(_number, raw) if v is not None), default=None)
+        setting, bound = _bound(field, s)
+        if worst is not None and worst > bound:
+            problems.append(f"{field} = {_show(worst)} is over the bound {setting} = {bound}")
+    return problems
+
+
+def _bound(field: str, s: Settings) -> tuple[str, float]:
+    """The setting that bounds a field's values, and its value."""
+    if field == "seed":
+        return "max_seed", MAX_SEED
+    setting = "max_d" if field == "d_over_n" else BOUNDED[field]
+    return setting, getattr(s, setting)
+
+
+def check_bounds(spec: JobSpec, settings: Settings | None = None) -> JobSpec:
+    """The size bounds on every resolved cell (the values the engine will use), then the cost
+    model's bounds on work, memory, one step and the result (`bo_engine.cost`)."""
+    s = settings or get_settings()
+    values: dict[str, list[Any]] = {field: [] for field in BOUNDED}
+    values["seed"] = []
+    for cell in spec.cells:
+        for field in BOUNDED:
+            values[field].append(getattr(cell, field))
+        values["seed"].append(cell.seed + cell.seeds - 1)
+    problems = _over_bounds(values, s) or _over_costs(spec, s)
     if problems:
         raise ValueError("; ".join(problems))
     return spec
+
+
+def _over_costs(spec: JobSpec, s: Settings) -> list[str]:
+    cost = job_cost(spec, parallel_runs=s.max_parallel_runs)
+    checks = [
+        (cost.work, s.max_cost, "estimated work", "max_cost", "units", "lower max_steps, seeds "
+         "or the grid"),
+        (cost.peak_batch_bytes, s.max_batch_bytes, "estimated peak memory of one batch",
+         "max_batch_bytes", "bytes", "lower n, d, n_test or seeds"),
+        (cost.max_step_work, s.max_step_work, "estimated work of one GD step", "max_step_work",
+         "units", "lower width or n"),
+        (cost.max_trajectory_points, s.max_trajectory_points, "trajectory points per run",
+         "max_trajectory_points", "points", "raise record_every or lower max_steps"),
+        (cost.result_bytes, s.max_result_bytes, "estimated result size", "max_result_bytes",
+         "bytes", "lower seeds, the grid or the trajectory"),
+    ]
+    return [
+        f"{what} {value:.3g} {unit} is over the bound {name} = {bound:.3g}; {hint}"
+        for value, bound, what, name, unit, hint in checks
+        if value > bound
+    ]
 
 
 def _show(value: float) -> str:
@@ -194,4 +206,4 @@ def _show(value: float) -> str:
 
 
 # The body type of POST /v1/jobs: the JobSpec schema, with the bounds around its validation.
-BoundedJobSpec = Annotated[JobSpec, BeforeValidator(precheck), AfterValidator(check_costs)]
+BoundedJobSpec = Annotated[JobSpec, BeforeValidator(precheck), AfterValidator(check_bounds)]

@@ -1,19 +1,25 @@
 """Webhooks: `POST /v1/jobs?notify_url=...` gets the job's summary POSTed there when it ends.
 
 The URL rides as a query parameter, so the body stays exactly a JobSpec (scripts that post a
-spec file keep working, and the spec's `extra="forbid"` still catches typos). It is accepted
-only for http(s) URLs whose host is on `BOLAB_WEBHOOK_ALLOWED_HOSTS` and when
-`BOLAB_WEBHOOK_SECRET` is set (else 422): the service must not become a way to reach internal
-addresses, and receivers must be able to check where a call came from.
+spec file keep working, and the spec's `extra="forbid"` still catches typos). Where it may point
+is `service.webhook_targets`' business (allowed hosts and ports, public addresses only), and it
+is accepted only when `BOLAB_WEBHOOK_SECRET` is set (else 422): receivers must be able to check
+where a call came from.
 
 Delivery never runs in a worker. The process that ends a job (`worker.events.job_ended`) only
 puts its id in the `bolab:webhooks:due` sorted set (score: when due). Every API process runs
 `Deliverer.run_forever`, which claims due ids (pushing their score a lease ahead, so a crashed
-deliverer's claim comes due again), POSTs, and on failure reschedules with doubling backoff
-until `BOLAB_WEBHOOK_MAX_ATTEMPTS`. Redirects are not followed (they could point anywhere).
+deliverer's claim comes due again) and runs each delivery as a task of its own: at most
+`BOLAB_WEBHOOK_CONCURRENCY` in flight and `BOLAB_WEBHOOK_PER_RECEIVER` to one receiver, so a
+slow receiver holds up only its own deliveries. An attempt (resolve, connect, send, answer) has
+`BOLAB_WEBHOOK_TIMEOUT_S` in all, and at most `BOLAB_WEBHOOK_MAX_RESPONSE_BYTES` of the answer
+is read; the status decides. A failed attempt is retried with doubling backoff until
+`BOLAB_WEBHOOK_MAX_ATTEMPTS`. Redirects are not followed (they could point anywhere).
 
-The receiver checks `X-Bolab-Signature-256: sha256=<hex>`, the HMAC-SHA256 of the raw body
-under the shared secret; `X-Bolab-Delivery` (the job id) is the same on every retry.
+Each call carries `X-Bolab-Timestamp: <unix seconds>` and `X-Bolab-Signature-256:
+sha256=<hex>`, the HMAC-SHA256 of `<timestamp>.<raw body>` under the job owner's key (`verify`
+is the receiver's check). `X-Bolab-Delivery` (the job id) is the same on every retry: the
+receiver's deduplication key.
 """
 
 from __future__ import annotations
@@ -24,13 +30,14 @@ import hmac
 import json
 import logging
 import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import redis
-from fastapi.exceptions import RequestValidationError
 
+from service import webhook_targets as targets
 from service.schemas import job_view
 from worker import keys, logs
 from worker.settings import Settings
@@ -38,119 +45,175 @@ from worker.store import JobStore
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Bolab-Signature-256"
+TIMESTAMP_HEADER = "X-Bolab-Timestamp"
+TOLERANCE_S = 300  # how far from now a receiver should accept a timestamp
 
-# Claim up to 20 due ids: push each one's score to ARGV[2] (the claim's lease) and return them.
+# Claim up to ARGV[3] due ids: push each one's score to ARGV[2] (the claim's lease), return them.
 _CLAIM = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 20)
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
 for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
 return ids
 """
 
 
-def sign(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def owner_secret(master: str, owner: str) -> str:
+    """The key that signs `owner`'s webhooks: one owner's receivers cannot forge another's."""
+    return hmac.new(master.encode(), f"bolab-webhook:{owner}".encode(), hashlib.sha256).hexdigest()
 
 
-def host_allowed(host: str, allowed: str) -> bool:
-    host = host.lower().rstrip(".")
-    for entry in (e.strip().lower() for e in allowed.split(",")):
-        if entry.startswith("*.") and host.endswith(entry[1:]) and host != entry[2:]:
-            return True
-        if entry and host == entry:
-            return True
-    return False
+def sign(secret: str, timestamp: int | str, body: bytes) -> str:
+    signed = f"{timestamp}.".encode() + body
+    return "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
 
 
-def check_url(url: str, settings: Settings) -> str:
-    """The URL if webhooks may go there, else a 422 naming `notify_url` and the reason."""
+def verify(
+    secret: str,
+    timestamp: str,
+    signature: str,
+    body: bytes,
+    *,
+    now: float | None = None,
+    tolerance_s: float = TOLERANCE_S,
+) -> bool:
+    """A receiver's check: the signature covers this timestamp and body, and the timestamp is
+    within `tolerance_s` of now (an older call is a replay)."""
     try:
-        parts = urlsplit(url)
-        _ = parts.port  # parsed lazily: a bad port raises only here
-    except ValueError:  # "http://[", "http://h:abc/": a 422 like any other bad URL, not a 500
-        parts = None
-    if not settings.webhook_secret:
-        reason = "webhooks are off: the deployment has no BOLAB_WEBHOOK_SECRET"
-    elif parts is None:
-        reason = "notify_url is not a valid URL (host or port)"
-    elif parts.scheme not in ("http", "https") or not parts.hostname:
-        reason = "notify_url must be an absolute http(s) URL"
-    elif parts.username or parts.password:
-        reason = "notify_url must not carry credentials"
-    elif not host_allowed(parts.hostname, settings.webhook_allowed_hosts):
-        reason = f"host {parts.hostname!r} is not on BOLAB_WEBHOOK_ALLOWED_HOSTS"
-    else:
-        return url
-    raise RequestValidationError(
-        [{"type": "value_error", "loc": ["query", "notify_url"], "msg": reason, "input": url}]
-    )
+        sent = int(timestamp)
+    except ValueError:
+        return False
+    fresh = abs((time.time() if now is None else now) - sent) <= tolerance_s
+    return fresh and hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
 def attach(store: JobStore, job_id: str, url: str) -> None:
     store.redis.hset(keys.job(job_id), "notify_url", url)
 
 
-def payload(store: JobStore, job_id: str) -> bytes | None:
+def payload(store: JobStore, job_id: str) -> tuple[str, bytes] | None:
+    """The job's owner and the document its webhook carries; None when the job is gone."""
     job = store.get(job_id)
     if job is None:
         return None
     view = job_view(job, store.progress(job_id), store.summaries(job_id))
     document: dict[str, Any] = {"event": "job.finished", "job": view.model_dump(mode="json")}
-    return json.dumps(document, separators=(",", ":")).encode()
+    return job.owner, json.dumps(document, separators=(",", ":")).encode()
+
+
+async def read_at_most(response: httpx.Response, cap: int) -> int:
+    """Read the answer's body until `cap` bytes (plus at most one network read) have come,
+    undecoded; the rest is never read (closing the response drops the connection)."""
+    seen = 0
+    async for chunk in response.aiter_raw():
+        seen += len(chunk)
+        if seen >= cap:
+            break
+    return seen
 
 
 class Deliverer:
     def __init__(self, store: JobStore, settings: Settings) -> None:
         self.store, self.settings = store, settings
         self._claim = store.redis.register_script(_CLAIM)
+        self._flying: set[str] = set()  # job ids whose delivery runs in this process
+        self._busy: Counter[str] = Counter()  # receiver -> its deliveries in flight
+        # Name lookups block a thread each: their own threads, never the event loop's.
+        self._resolver = ThreadPoolExecutor(
+            settings.webhook_concurrency, thread_name_prefix="webhook-dns"
+        )
 
     async def run_forever(self) -> None:
-        async with httpx.AsyncClient(
-            timeout=self.settings.webhook_timeout_s, follow_redirects=False
-        ) as http:
-            while True:
-                try:
-                    due = await asyncio.to_thread(self._due)
-                    done = await asyncio.gather(
-                        *(self._deliver(http, job_id) for job_id in due), return_exceptions=True
-                    )
-                    # One job's surprise must not end delivery for all: log it; its claim's
-                    # lease runs out and it is tried again.
-                    for job_id, result in zip(due, done, strict=True):
-                        if isinstance(result, Exception):
-                            log.error("webhook of job %s failed", job_id, exc_info=result)
-                except redis.RedisError:
-                    log.warning("webhook outbox unreachable; retrying", exc_info=True)
-                await asyncio.sleep(self.settings.webhook_poll_s)
+        try:
+            async with self._client() as http, asyncio.TaskGroup() as deliveries:
+                while True:
+                    for job_id in await self._claim_free():
+                        self._flying.add(job_id)
+                        deliveries.create_task(self._guarded(http, job_id))
+                    await asyncio.sleep(self.settings.webhook_poll_s)
+        finally:
+            self._resolver.shutdown(wait=False, cancel_futures=True)
 
-    def _due(self) -> list[str]:
+    def _client(self) -> httpx.AsyncClient:
+        # No kept-alive connections: each delivery connects to the address it checked. No
+        # proxies from the environment: the address check must be about the receiver itself.
+        limits = httpx.Limits(
+            max_connections=self.settings.webhook_concurrency, max_keepalive_connections=0
+        )
+        return httpx.AsyncClient(
+            timeout=self.settings.webhook_timeout_s,
+            follow_redirects=False,
+            trust_env=False,
+            limits=limits,
+        )
+
+    async def _claim_free(self) -> list[str]:
+        free = self.settings.webhook_concurrency - len(self._flying)
+        if free <= 0:
+            return []
+        try:
+            due = await asyncio.to_thread(self._due, free)
+        except redis.RedisError:
+            log.warning("webhook outbox unreachable; retrying", exc_info=True)
+            return []
+        # One whose lease ran out while it is still in flight here settles when it ends.
+        return [job_id for job_id in due if job_id not in self._flying]
+
+    def _due(self, limit: int) -> list[str]:
         now = time.time()
         lease = now + 2 * self.settings.webhook_timeout_s + 5
-        return list(self._claim(keys=[keys.WEBHOOKS_DUE], args=[now, lease]))
+        return list(self._claim(keys=[keys.WEBHOOKS_DUE], args=[now, lease, limit]))
+
+    async def _guarded(self, http: httpx.AsyncClient, job_id: str) -> None:
+        try:
+            await self._deliver(http, job_id)
+        # One job's surprise must not end delivery for all: log it; its claim's lease runs
+        # out and it is tried again.
+        except Exception:
+            log.exception("webhook of job %s failed", job_id)
+        finally:
+            self._flying.discard(job_id)
 
     async def _deliver(self, http: httpx.AsyncClient, job_id: str) -> None:
         url = await asyncio.to_thread(self.store.redis.hget, keys.job(job_id), "notify_url")
-        body = await asyncio.to_thread(payload, self.store, job_id)
-        if not url or body is None:
+        document = await asyncio.to_thread(payload, self.store, job_id)
+        if not url or document is None:
             await asyncio.to_thread(self._settle, job_id, "dropped")
             return
+        receiver = targets.receiver(url)
+        if self._busy[receiver] >= self.settings.webhook_per_receiver:
+            # Not an attempt: come back once a delivery to this receiver has had its deadline.
+            await asyncio.to_thread(self._reschedule, job_id, self.settings.webhook_timeout_s)
+            return
+        self._busy[receiver] += 1
+        try:
+            await self._attempt(http, job_id, url, *document)
+        finally:
+            self._busy[receiver] -= 1
+            if not self._busy[receiver]:
+                del self._busy[receiver]
+
+    async def _attempt(
+        self, http: httpx.AsyncClient, job_id: str, url: str, owner: str, body: bytes
+    ) -> None:
         attempt = await asyncio.to_thread(
             self.store.redis.hincrby, keys.WEBHOOK_ATTEMPTS, job_id, 1
         )
+        timestamp = int(time.time())
         headers = {
             "Content-Type": "application/json",
             "X-Bolab-Event": "job.finished",
             "X-Bolab-Delivery": job_id,
             "X-Bolab-Attempt": str(attempt),
-            SIGNATURE_HEADER: sign(self.settings.webhook_secret, body),
+            TIMESTAMP_HEADER: str(timestamp),
+            SIGNATURE_HEADER: sign(
+                owner_secret(self.settings.webhook_secret, owner), timestamp, body
+            ),
         }
         try:
-            response = await http.post(url, content=body, headers=headers)
-            outcome = f"HTTP {response.status_code}"
-            ok = response.is_success
-        # Not only httpx.HTTPError: a URL can make httpx raise InvalidURL or an IDNA error.
-        # Whatever one POST raises is a failed attempt, retried and capped like the others.
-        except Exception as exc:
-            outcome, ok = f"{type(exc).__name__}: {exc}", False
+            ok, outcome = await self._post(http, url, body, headers)
+        except targets.Refused as refused:
+            logs.event("webhook.refused", job_id=job_id, owner=owner, error=str(refused))
+            await asyncio.to_thread(self._settle, job_id, f"refused: {refused}")
+            return
         logs.event("webhook.attempt", job_id=job_id, attempt=attempt, outcome=outcome, ok=ok)
         if ok:
             await asyncio.to_thread(self._settle, job_id, "delivered")
@@ -158,9 +221,41 @@ class Deliverer:
             await asyncio.to_thread(self._settle, job_id, f"failed after {attempt}: {outcome}")
         else:
             delay = self.settings.webhook_backoff_s * 2 ** (attempt - 1)
-            await asyncio.to_thread(
-                self.store.redis.zadd, keys.WEBHOOKS_DUE, {job_id: time.time() + delay}
-            )
+            await asyncio.to_thread(self._reschedule, job_id, delay)
+
+    async def _post(
+        self, http: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[bool, str]:
+        """One attempt within the deadline: resolve and check the host, POST to the checked
+        address, read at most the cap of the answer. Its status decides, even when reading
+        the rest of the answer fails or runs out of time."""
+        deadline = self.settings.webhook_timeout_s
+        status: int | None = None
+        try:
+            async with asyncio.timeout(deadline):
+                target = await targets.resolve(url, self.settings, self._resolver)
+                async with http.stream(
+                    "POST",
+                    target.url,
+                    content=body,
+                    headers={**headers, **target.headers},
+                    extensions=target.extensions,
+                ) as response:
+                    status = response.status_code
+                    await read_at_most(response, self.settings.webhook_max_response_bytes)
+        except targets.Refused:
+            raise
+        # Not only httpx.HTTPError: a URL can make httpx or the resolver raise InvalidURL or an
+        # IDNA error. Whatever one POST raises is a failed attempt, retried like the others.
+        except Exception as exc:
+            if status is None:
+                if isinstance(exc, TimeoutError):
+                    return False, f"no answer within the deadline of {deadline:g} s"
+                return False, f"{type(exc).__name__}: {exc}"
+        return status is not None and 200 <= status < 300, f"HTTP {status}"
+
+    def _reschedule(self, job_id: str, delay: float) -> None:
+        self.store.redis.zadd(keys.WEBHOOKS_DUE, {job_id: time.time() + delay})
 
     def _settle(self, job_id: str, result: str) -> None:
         pipe = self.store.redis.pipeline(transaction=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +95,71 @@ def test_monitoring_profile() -> None:
         "bolab_run_duration_seconds_bucket",
     ):
         assert wanted in used
+
+
+def test_redis_is_capped_like_bolab_up() -> None:
+    """Compose's Redis has a maxmemory (never evicting), from the same variable and with the
+    same default as the Redis `bolab up` starts."""
+    from worker.settings import Settings
+
+    command = compose()["services"]["redis"]["command"]
+    cap = command[command.index("--maxmemory") + 1]
+    default = Settings.model_fields["redis_maxmemory"].default
+    assert cap == f"${{BOLAB_REDIS_MAXMEMORY:-{default}}}"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+
+
+MONITORING_CREDENTIALS = {
+    "flower": {"FLOWER_BASIC_AUTH": "BOLAB_FLOWER_BASIC_AUTH"},
+    "grafana": {
+        "GF_SECURITY_ADMIN_USER": "BOLAB_GRAFANA_ADMIN_USER",
+        "GF_SECURITY_ADMIN_PASSWORD": "BOLAB_GRAFANA_ADMIN_PASSWORD",
+    },
+}
+
+
+@pytest.mark.parametrize(("name", "credentials"), MONITORING_CREDENTIALS.items())
+def test_monitoring_logins_come_from_env_with_no_default(name: str, credentials: dict) -> None:
+    """Flower and Grafana take their logins from BOLAB_* variables, with nothing to fall back
+    on in the file, and start through the check that refuses them when empty."""
+    service = compose()["services"][name]
+    for inside, outside in credentials.items():
+        assert service["environment"][inside] in (f"${{{outside}}}", f"${{{outside}:-}}")
+    entrypoint = service["entrypoint"]
+    assert entrypoint[:2] == ["sh", "/deploy/require-env.sh"]
+    checked = entrypoint[3 : entrypoint.index("--")]
+    assert set(checked) == set(credentials)
+    assert all(outside in entrypoint[2] for outside in credentials.values())  # the hint
+    assert "./deploy/require-env.sh:/deploy/require-env.sh:ro" in service["volumes"]
+
+
+def test_grafana_has_no_anonymous_access() -> None:
+    environment = compose()["services"]["grafana"]["environment"]
+    assert environment["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert "GF_AUTH_ANONYMOUS_ORG_ROLE" not in environment
+
+
+@pytest.mark.parametrize("name", ["flower", "prometheus", "grafana"])
+def test_monitoring_ports_bind_to_loopback_by_default(name: str) -> None:
+    for port in compose()["services"][name]["ports"]:
+        assert port.startswith("${BOLAB_MONITORING_BIND:-127.0.0.1}:"), port
+
+
+def _require_env(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    script = ROOT / "deploy" / "require-env.sh"
+    argv = ["sh", str(script), "set BOLAB_X and BOLAB_Y", "X", "Y", "--", "echo", "started"]
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("env", "missing"), [({}, "X Y"), ({"X": "u:p"}, "Y"), ({"X": "u:p", "Y": ""}, "Y")]
+)
+def test_require_env_refuses_to_start_without_credentials(env: dict, missing: str) -> None:
+    done = _require_env({"PATH": os.environ["PATH"], **env})
+    assert done.returncode == 1 and "started" not in done.stdout
+    assert f"empty: {missing})" in done.stderr and "set BOLAB_X and BOLAB_Y" in done.stderr
+
+
+def test_require_env_runs_the_command_with_credentials() -> None:
+    done = _require_env({"PATH": os.environ["PATH"], "X": "u:p", "Y": "secret"})
+    assert done.returncode == 0 and done.stdout == "started\n", done.stderr

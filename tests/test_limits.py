@@ -1,4 +1,4 @@
-"""Issue 4.2 and 4.6: limits and hostile input, against real uvicorn APIs.
+"""Limits and hostile input, against real uvicorn APIs.
 
 Bodies over the size limit: 413 before parsing. Jobs over a bound: 422 naming the bound (and the
 estimate, for cost and memory), answered fast because the grid is never expanded. Per key: at
@@ -35,7 +35,7 @@ def _detail(response: httpx.Response) -> str:
         ({**TINY, "n_test": 10**9}, ["max_n_test"]),
         ({**TINY, "seeds": 10**6}, ["max_seeds"]),
         ({**TINY, "max_steps": 10**12}, ["max_steps"]),
-        ({**TINY, "seed": 10**40}, ["seed is over the bound"]),
+        ({**TINY, "seed": 10**40}, ["seed = 1e+40 is over the bound max_seed"]),
         ({"n": 20, "grid": {"d_over_n": [1e308]}}, ["d_over_n", "max_d"]),
         (
             {**TINY, "grid": {"seed": list(range(300)), "gamma": [0.1] * 300, "n": [20] * 300}},
@@ -43,12 +43,35 @@ def _detail(response: httpx.Response) -> str:
         ),
         (
             {"n": 5000, "d": 100_000, "width": 4096},
-            ["estimated cost 1.02e+16 work units", "max_cost = 1e+15"],
+            ["estimated work 1.8e+16 units", "max_cost = 1e+15"],
         ),
         (
-            {"n": 2000, "d": 100_000, "n_test": 100_000, "max_steps": 1, "width": 64},
-            ["estimated memory of one batch 38.8 GiB", "max_batch_bytes = 8 GiB"],
+            {"n": 5000, "d": 100_000, "width": 2, "max_steps": 1, "max_margin_baseline": False},
+            ["estimated peak memory of one batch 1.86e+10 bytes", "max_batch_bytes = 8.59e+09"],
         ),
+        (
+            {"n": 5000, "d": 1250, "width": 512, "max_steps": 1},
+            ["estimated work of one GD step 2.25e+10 units", "max_step_work = 4e+09"],
+        ),
+        (
+            {**TINY, "record_every": 1, "max_steps": 10**6},
+            ["trajectory points per run 1e+06", "max_trajectory_points = 1e+04"],
+        ),
+        (
+            {**TINY, "seeds": 1000, "grid": {"gamma": [0.1] * 100}},
+            ["estimated result size 7.02e+07 bytes", "max_result_bytes = 6.71e+07"],
+        ),
+        (
+            {"n": 5000, "d": 100_000, "grid": {"alpha": [0.1 + i / 1e5 for i in range(10_000)]}},
+            ["estimated work", "max_cost", "estimated peak memory", "max_batch_bytes"],
+        ),
+        # Numbers in any JSON spelling: strings, floats, exponents, inside grids.
+        ({**TINY, "n": "6000"}, ["n = 6000 is over the bound max_n = 5000"]),
+        ({**TINY, "n": 6000.0}, ["n = 6000 is over the bound max_n = 5000"]),
+        ({**TINY, "grid": {"n": ["6e3"]}}, ["n = 6000 is over the bound max_n = 5000"]),
+        ({**TINY, "seeds": " 2000 "}, ["seeds = 2000 is over the bound max_seeds = 1000"]),
+        ({**TINY, "grid": {"max_steps": ["100000000000"]}}, ["max_steps = 1e+11", "max_steps"]),
+        ({**TINY, "seed": "1e40"}, ["seed = 1e+40 is over the bound max_seed"]),
     ],
     ids=lambda v: "" if isinstance(v, list) else None,
 )
@@ -59,6 +82,25 @@ def test_over_a_bound_is_422_naming_it(lab: LabClient, spec: dict, named: list[s
     assert response.status_code == 422, response.text
     for words in named:
         assert words in _detail(response)
+
+
+def test_exponent_spelling_is_bounded_too(lab: LabClient) -> None:
+    body = b'{"n": 6e3, "d": 40, "width": 16, "max_steps": 10, "n_test": 10}'
+    response = lab.http.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert "n = 6000 is over the bound max_n = 5000" in _detail(response)
+
+
+def test_bounds_hold_after_coercion_whatever_the_precheck_sees() -> None:
+    """The resolved cells are checked again: a spelling the raw precheck cannot read as a
+    number is still bounded by the values the engine would use."""
+    from bo_engine.spec import JobSpec
+    from service.limits import check_bounds
+
+    spec = JobSpec.model_validate({**TINY, "grid": {"n": ["6000"], "seeds": [1, "1001"]}})
+    with pytest.raises(ValueError, match="n = 6000 is over the bound max_n") as err:
+        check_bounds(spec)
+    assert "seeds = 1001 is over the bound max_seeds = 1000" in str(err.value)
 
 
 def test_paper_examples_are_within_the_bounds(lab: LabClient) -> None:

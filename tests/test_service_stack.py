@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from bolab.client import LabClient
 from bolab.stack import BOLAB, free_port, port_free
@@ -97,3 +98,38 @@ def test_up_picks_up_keys_added_while_it_runs(tmp_path: Path) -> None:
         finally:
             if up.poll() is None:
                 up.kill()
+
+
+def test_up_locks_its_redis(tmp_path: Path) -> None:
+    """`bolab up`'s Redis wants the password from its 0600 file, and is capped at
+    BOLAB_REDIS_MAXMEMORY; API and worker get the password, the terminal only a masked URL."""
+    api_port, redis_port, data = free_port(), free_port(), tmp_path / "data"
+    log = tmp_path / "up.log"
+    env = {**os.environ, "BOLAB_REDIS_MAXMEMORY": "256mb"}
+    with log.open("wb") as sink:
+        up = subprocess.Popen(
+            [*BOLAB, "up", "--port", str(api_port), "--redis-port", str(redis_port),
+             "--data-dir", str(data)],
+            stdout=sink, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{api_port}"
+        eventually(lambda: _ready(url), timeout=90, every=0.2)  # API and worker reach Redis
+        password_file = data / "redis" / "password"
+        assert password_file.stat().st_mode & 0o777 == 0o600
+        password = password_file.read_text().strip()
+        shown = log.read_text()
+        assert password not in shown and f"redis://:**@127.0.0.1:{redis_port}/0" in shown, shown
+        with redis.Redis(port=redis_port) as anonymous, pytest.raises(redis.AuthenticationError):
+            anonymous.ping()
+        with redis.Redis(port=redis_port, password=password, decode_responses=True) as client:
+            assert client.config_get("maxmemory")["maxmemory"] == str(256 << 20)
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(timeout=60)
+        finally:
+            if up.poll() is None:
+                up.kill()
+    for private in (data, data / "redis"):
+        assert private.stat().st_mode & 0o777 == 0o700, private

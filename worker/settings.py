@@ -44,11 +44,24 @@ class Settings(BaseSettings):
     max_seeds: int = Field(1000, ge=1, description="seeds per cell")
     max_cells: int = Field(10_000, ge=1, description="grid cells per job")
     max_steps: int = Field(1_000_000_000, ge=1)
-    # Work units: multiply-adds of one GD step (width*n*n Gram form, width*n*d plain) times
-    # max_steps, summed over runs, plus building each run's data (service.limits.estimate_cost).
-    # examples/paper_heatmap.json (550 runs, default max_steps 100000) comes to 3.87e13.
-    max_cost: float = Field(1e15, gt=0, description="bound on the estimated work of a job")
-    max_batch_bytes: int = Field(8 << 30, ge=1, description="bound on one batch's tensors")
+    # The cost model of bo_engine.cost: work in GEMM multiply-add units (about 8e9 a second on
+    # one core here), memory in bytes. examples/paper_heatmap.json comes to about 1.4e14 units.
+    max_cost: float = Field(1e15, gt=0, description="bound on the estimated work of a job (units)")
+    max_batch_bytes: int = Field(
+        8 << 30, ge=1, description="bound on the estimated peak memory of one batch (bytes)"
+    )
+    max_step_work: float = Field(
+        4e9, gt=0, description="bound on one GD step of one run (units; ~0.5 s on one core)"
+    )
+    max_trajectory_points: int = Field(
+        10_000, ge=2, description="bound on trajectory points per run (max_steps / record_every)"
+    )
+    max_result_bytes: int = Field(
+        64 << 20, ge=1 << 16, description="bound on the estimated result document of a job"
+    )
+    max_parallel_runs: int = Field(
+        8, ge=1, description="runs a CPU worker process trains at once (bounds its threads)"
+    )
     max_active_jobs: int = Field(100, ge=1, description="queued+running jobs per key")
     idempotency_ttl_s: int = Field(24 * 3600, ge=60)
     # A batch's lease lives this long unless its worker refreshes it (every third of it).
@@ -61,16 +74,47 @@ class Settings(BaseSettings):
 
     # --- dashboards and people (see service.webhooks, service.metrics) ---------------------
     webhook_secret: str = Field(
-        "", description="HMAC-SHA256 key of webhook signatures; empty = webhooks refused"
+        "",
+        description="master key of webhook signatures: each owner signs with a key derived "
+        "from it (`bolab keys webhook-secret OWNER`); empty = webhooks refused",
     )
     webhook_allowed_hosts: str = Field(
         "", description="comma-separated hosts notify_url may name ('*.lab.org' = subdomains)"
     )
     webhook_max_attempts: int = Field(5, ge=1, description="tries per webhook, then give up")
     webhook_backoff_s: float = Field(1.0, gt=0, description="first retry delay; doubles")
-    webhook_timeout_s: float = Field(10.0, gt=0)
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, description="deadline of one delivery attempt: DNS, connect, send, answer"
+    )
     webhook_poll_s: float = Field(0.5, gt=0, description="how often the API looks for due ones")
     sse_keepalive_s: float = Field(10.0, gt=0, description="SSE comment when nothing happens")
+
+    # --- webhook delivery: targets, isolation, bounds (see service.webhook_targets) ---------
+    webhook_allowed_ports: str = Field(
+        "80,443",
+        pattern=r"^\s*\d{1,5}\s*(,\s*\d{1,5}\s*)*$",
+        description="comma-separated ports a notify_url may name; others: 422",
+    )
+    webhook_allow_private: bool = Field(
+        False,
+        description="deliver to hosts that resolve to private, loopback, link-local, multicast "
+        "or reserved addresses (else such a delivery is refused)",
+    )
+    webhook_max_response_bytes: int = Field(
+        64 * 1024, ge=1, description="a receiver's answer is read up to this, then dropped"
+    )
+    webhook_concurrency: int = Field(32, ge=1, description="deliveries in flight per API process")
+    webhook_per_receiver: int = Field(
+        2, ge=1, description="deliveries in flight to one scheme://host:port per API process"
+    )
+    # --- the embedded Redis of `bolab up` (see bolab.stack.RedisServer) ---------------------
+    redis_maxmemory: str = Field(
+        "2gb",
+        pattern=r"^[0-9]+([kKmMgG][bB]?)?$",
+        description="memory cap of the Redis `bolab up` starts (Redis units: 512mb, 2gb; 0 = "
+        "none); when full it evicts nothing and submissions answer 503. docker-compose.yml "
+        "reads the same variable",
+    )
 
     # --- job lifecycle: deletion and retention (see worker.store.JobStore.delete) ----------
     retention_days: float = Field(

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from bo_engine.plan import assemble_result
 from bo_engine.results import cells_to_csv
 from bo_engine.spec import JobSpec
-from service import webhooks
+from service import webhook_targets, webhooks
 from service.auth import AUTH_RESPONSES, Caller, CallerDep
 from service.deps import EnqueueDep, SettingsDep, StoreDep
 from service.errors import Conflict, JobNotFound, TooManyJobs, Unavailable
@@ -144,13 +144,13 @@ def submit_job(
         Query(
             max_length=2000,
             description="POST the job's summary here when it ends (signed: see README, "
-            "Webhooks); 422 when the deployment has webhooks off (no BOLAB_WEBHOOK_SECRET) or "
-            "the host is not on BOLAB_WEBHOOK_ALLOWED_HOSTS",
+            "Webhooks); 422 when the deployment has webhooks off (no BOLAB_WEBHOOK_SECRET), or "
+            "host or port is not on BOLAB_WEBHOOK_ALLOWED_HOSTS and BOLAB_WEBHOOK_ALLOWED_PORTS",
         ),
     ] = None,
 ) -> JobAccepted:
     if notify_url is not None:
-        webhooks.check_url(notify_url, settings)
+        webhook_targets.check_url(notify_url, settings)
     # Only the fields the user set: re-validating the stored spec gives the same cells.
     body = spec.model_dump(mode="json", exclude_unset=True)
     idem = None

@@ -1,0 +1,170 @@
+"""What a job costs before it runs: work, peak memory and result size, phase by phase.
+
+One model, used by admission control (`service.limits`), the benchmarks (`bench/cost.py`) and
+anything else that estimates cost. Every figure is an upper estimate for the path a run takes
+(`bo_engine.train`): all runs are assumed to use every one of their `max_steps` with every
+training point active, which a run that never stops (a tiny step size) really does.
+
+**Work** is counted in units of one float64 multiply-add of a large matrix product (what a
+BLAS core does fastest), so seconds = units / (this machine's GEMM rate per core). Phases that
+run slower per operation carry a weight, measured on the project's CPU (`bench/cost.py`):
+
+    data        each of the n d inputs, width d initial weights and n_test (width + 1) test
+                outputs is a random draw (then mixed): DATA_UNITS each
+    products    G = X X^T (n^2 d, Gram form) and Z0 = W0 X^T (width n d)
+    training    max_steps x one step: f = a^T sigma(Z) (width n) + the update; the compiled loop
+                sums u (n |A|) and, per row, the smaller side of its active set (width n |A|/2);
+                the batched program does a dense width n^2 (Gram) or 2 width n d (plain) update
+                plus a fixed dispatch cost per step
+    recording   every `record_every` steps a trajectory point: ||W|| from C G (width n^2) and
+                POINT_UNITS of Python
+    result      W = W0 + C X (width n d), the test outputs' covariance and its Cholesky
+                factor (width^2 d + width^3) and the outputs themselves (n_test width^2)
+    baseline    Q = (y y^T) G (n^2 d) and the dual NNLS (NNLS_UNITS n^3)
+
+**Memory** is the peak of what a phase holds at once (float64 inputs and their temporaries, the
+Gram matrix and the training state in the run's dtype, the baseline's n x n factors, the test
+outputs), plus the process itself (PROCESS_BYTES: Python, torch, numba, scipy). A CPU trains a
+batch's runs `parallel_runs` at a time, each holding its own; the batched program holds every
+run of a batch at once.
+
+**Result size** is the JSON of each run (RUN_JSON_BYTES) and of its trajectory points
+(POINT_JSON_BYTES each): what the job store keeps and `/results` sends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bo_engine.plan import plan_batches
+from bo_engine.spec import Cell, JobSpec, uses_gram_form
+
+DTYPE_BYTES = {"float32": 4, "float64": 8}
+F64 = 8
+
+# Work weights, in GEMM multiply-adds (bench/cost.py measures them against the real phases).
+DATA_UNITS = 800.0  # per random coordinate: a normal draw, float64 copy, projection, mix
+LOOP_UNITS = {"float32": 3.5, "float64": 5.0}  # per multiply-add of the compiled loop
+BATCHED_STEP_UNITS = 2e6  # per step of the batched program: ~15 kernel launches
+POINT_UNITS = 2e6  # per trajectory point: a return to Python, the fit metrics, ||W||
+NNLS_UNITS = 12.0  # per n^3 of the max-margin dual (Cholesky + Lawson-Hanson NNLS)
+RUN_UNITS = 5e7  # per run: seeding, Python bookkeeping, the result document
+BATCH_UNITS = 1e9  # per batch: starting its task, its thread pool, first calls
+
+# Memory constants, in bytes.
+PROCESS_BYTES = 600 << 20  # a worker process with torch, numba and scipy loaded
+DATA_PEAK_PER_ELEMENT = 4 * F64 + 4  # x, its noise, the projection and the mix, float32 draw
+RUN_JSON_BYTES = 700  # one run's result without its trajectory
+CELL_JSON_BYTES = 2500  # one cell's params and summary
+POINT_JSON_BYTES = 200  # one trajectory point
+
+
+@dataclass(frozen=True)
+class RunCost:
+    """One run of a cell: work units, peak bytes while it trains, result JSON bytes."""
+
+    work: float
+    peak_bytes: int
+    result_bytes: int
+    step_work: float  # units of one GD step: what one uninterruptible step costs
+    trajectory_points: int
+
+
+@dataclass(frozen=True)
+class JobCost:
+    work: float  # units, all runs
+    peak_batch_bytes: int  # the largest batch, process included
+    result_bytes: int  # the whole result document
+    max_step_work: float  # the costliest single GD step of any run
+    max_trajectory_points: int  # per run
+
+
+def trained_in_loop(cell: Cell, device: str) -> bool:
+    """The path `bo_engine.train` takes: the compiled loop for Gram-form runs on a CPU."""
+    return device != "cuda" and uses_gram_form(cell.n, cell.d)
+
+
+def trajectory_points(cell: Cell, record_every: int | None) -> int:
+    """Points a run records at most: steps 0, k, 2k, ... up to max_steps, and its last."""
+    return 0 if record_every is None else cell.max_steps // record_every + 2
+
+
+def step_work(cell: Cell, dtype: str, in_loop: bool) -> float:
+    """Work units of one GD step with every point active."""
+    m, n = cell.width, cell.n
+    if in_loop:
+        return LOOP_UNITS[dtype] * (m * n + n * n + m * n * (1 + n / 2))
+    update = m * n * n if uses_gram_form(n, cell.d) else 2 * m * n * cell.d
+    return m * n + update + BATCHED_STEP_UNITS
+
+
+def run_cost(
+    cell: Cell, *, dtype: str, device: str, record_every: int | None, baseline: bool
+) -> RunCost:
+    """The whole of one run: data, products, training, recording, result and baseline."""
+    m, n, d, t = cell.width, cell.n, cell.d, cell.n_test
+    gram_form = uses_gram_form(n, d)
+    step = step_work(cell, dtype, trained_in_loop(cell, device))
+    points = trajectory_points(cell, record_every)
+    work = (
+        RUN_UNITS
+        + DATA_UNITS * ((n + m) * d + t * (m + 1))
+        + (n * n * d if gram_form else 0) + m * n * d
+        + cell.max_steps * step
+        + points * (POINT_UNITS + m * n * n)
+        + m * n * d + m * m * d + m**3 + t * m * m
+        + (n * n * d + NNLS_UNITS * n**3 if baseline else 0)
+    )
+    size = DTYPE_BYTES[dtype]
+    inputs = F64 * n * d
+    phases = (
+        DATA_PEAK_PER_ELEMENT * n * d,  # drawing the inputs
+        inputs + F64 * m * d + (F64 + size) * (n * n + m * n),  # products
+        inputs + F64 * m * d + size * (n * n + 3 * m * n),  # training
+        inputs + 3 * F64 * m * d + 5 * F64 * m * m + 3 * F64 * t * (m + 1),  # result
+        2 * inputs + 5 * F64 * n * n if baseline else 0,  # Q, its factor, NNLS's copies
+    )
+    result = RUN_JSON_BYTES + POINT_JSON_BYTES * points
+    return RunCost(work, int(max(phases)), result, step, points)
+
+
+def job_cost(spec: JobSpec, *, parallel_runs: int) -> JobCost:
+    """Every run of the job, and its costliest batch as `bo_engine.train` would hold it."""
+    runs = [
+        run_cost(
+            cell,
+            dtype=spec.dtype,
+            device=spec.device,
+            record_every=spec.record_every,
+            baseline=spec.max_margin_baseline,
+        )
+        for cell in spec.cells
+    ]
+    pairs = list(zip(spec.cells, runs, strict=True))
+    batches = plan_batches(spec)
+    worst_batch = 0
+    for batch in batches:
+        costs = [(spec.cells[i], runs[i]) for i in batch.cell_indices]
+        worst_batch = max(worst_batch, _batch_bytes(costs, spec, parallel_runs))
+    return JobCost(
+        work=BATCH_UNITS * len(batches) + sum(c.seeds * r.work for c, r in pairs),
+        peak_batch_bytes=PROCESS_BYTES + worst_batch,
+        result_bytes=sum(CELL_JSON_BYTES + c.seeds * r.result_bytes for c, r in pairs),
+        max_step_work=max(r.step_work for r in runs),
+        max_trajectory_points=max(r.trajectory_points for r in runs),
+    )
+
+
+def _batch_bytes(costs: list[tuple[Cell, RunCost]], spec: JobSpec, parallel_runs: int) -> int:
+    """Peak bytes of one batch: `parallel_runs` runs at a time in the loop, else all at once
+    (inputs kept for the results, and the stacked state padded to the batch's largest n)."""
+    peaks = sorted((r.peak_bytes for c, r in costs for _ in range(c.seeds)), reverse=True)
+    if trained_in_loop(costs[0][0], spec.device):
+        return sum(peaks[:parallel_runs])
+    n = max(c.n for c, _ in costs)
+    size = DTYPE_BYTES[spec.dtype]
+    held = sum(
+        c.seeds * ((F64 + size) * (c.n + c.width) * c.d + size * (n * n + 3 * c.width * n))
+        for c, _ in costs
+    )
+    return held + peaks[0]

@@ -1,0 +1,97 @@
+"""The cost model (`bo_engine.cost`): it counts every phase of a run, and its memory estimate
+is never below what a real run holds at its peak (measured in a fresh process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bo_engine.cost import job_cost, run_cost
+from bo_engine.spec import JobSpec
+
+PEAK_RSS = """
+import json, resource, sys
+from bo_engine.runner import run_spec
+from bo_engine.spec import JobSpec
+run_spec(JobSpec.model_validate(json.loads(sys.argv[1])))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def _run(spec: JobSpec) -> float:
+    return run_cost(
+        spec.cells[0],
+        dtype=spec.dtype,
+        device=spec.device,
+        record_every=spec.record_every,
+        baseline=spec.max_margin_baseline,
+    ).work
+
+
+@pytest.mark.parametrize(
+    ("field", "small", "large"),
+    [
+        ("n", 100, 400),
+        ("d", 200, 20_000),
+        ("width", 16, 512),
+        ("n_test", 100, 100_000),
+        ("max_steps", 10, 10_000),
+    ],
+)
+def test_work_grows_with_every_size(field: str, small: int, large: int) -> None:
+    base = {"n": 100, "d": 400, "width": 16, "n_test": 100, "max_steps": 10}
+    spec = JobSpec.model_validate({**base, field: small})
+    bigger = JobSpec.model_validate({**base, field: large})
+    assert _run(bigger) > 2 * _run(spec)
+
+
+def test_the_baseline_and_the_trajectory_are_counted() -> None:
+    plain = JobSpec.model_validate({"n": 1000, "d": 2000, "max_steps": 1000})
+    no_baseline = plain.model_copy(update={"max_margin_baseline": False})
+    recorded = plain.model_copy(update={"record_every": 1})
+    assert _run(plain) > _run(no_baseline) + 1000**2 * 2000  # Q = (y y^T) X X^T at least
+    assert _run(recorded) > _run(plain) + 1000 * 16 * 1000**2  # ||W|| at every step
+    cost = job_cost(recorded, parallel_runs=1)
+    assert cost.max_trajectory_points == 1002
+    assert cost.result_bytes > 1000 * 100  # each point is about 200 bytes of JSON
+
+
+def test_a_big_gram_batch_is_estimated_as_big_as_it_is() -> None:
+    """n = 2000, d = 50000 held 3.5 GB at its peak (float64 inputs and their temporaries, the
+    Gram matrix, the baseline), where the old estimate said 416 MB."""
+    spec = JobSpec.model_validate({"n": 2000, "d": 50_000, "width": 2, "max_steps": 1, "n_test": 1})
+    assert job_cost(spec, parallel_runs=1).peak_batch_bytes > 3.5e9
+
+
+def test_a_cpu_holds_parallel_runs_at_once_a_gpu_the_whole_batch() -> None:
+    spec = JobSpec.model_validate({"n": 500, "d": 5000, "seeds": 64, "max_steps": 1})
+    one, eight = (job_cost(spec, parallel_runs=k).peak_batch_bytes for k in (1, 8))
+    assert eight > 6 * (one - 600 * 2**20)
+    gpu = job_cost(spec.model_copy(update={"device": "cuda"}), parallel_runs=1)
+    assert gpu.peak_batch_bytes > 32 * (one - 600 * 2**20)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"n": 200, "d": 50_000, "width": 2, "max_steps": 1, "n_test": 1},
+        {"n": 100, "d": 1000, "width": 2048, "max_steps": 5, "n_test": 1000},
+        {"n": 1000, "d": 2000, "width": 16, "max_steps": 10, "n_test": 10},
+    ],
+    ids=["large d", "large width", "baseline"],
+)
+def test_memory_estimate_is_never_below_the_measured_peak(body: dict) -> None:
+    measured = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, json.dumps(body)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    peak = int(measured.stdout.split()[-1])
+    estimate = job_cost(JobSpec.model_validate(body), parallel_runs=1).peak_batch_bytes
+    assert estimate >= peak, f"estimated {estimate / 2**20:.0f} MiB, measured {peak / 2**20:.0f}"
