@@ -101,6 +101,13 @@ def test_wait_follows_events_and_errors(lab: LabClient) -> None:
     assert lab.http.get("/v1/jobs/0123456789abcdef0123/events").status_code == 404
     bad = lab.http.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "yesterday"})
     assert bad.status_code == 422
+    # Past Redis's 64-bit ids: refused up front, not a stream broken after its first line.
+    huge = "0-20000000000000000000"
+    for where in ({"headers": {"Last-Event-ID": huge}}, {"params": {"last_event_id": huge}}):
+        assert lab.http.get(f"/v1/jobs/{job_id}/events", **where).status_code == 422
+    # Empty, as browsers' EventSource has it before the first event: from the start.
+    fresh = _raw_stream(lab, job_id, **{"Last-Event-ID": ""})
+    assert "event: status" in fresh and "event: end" in fresh
     with pytest.raises(TimeoutError):  # a job that does not end within the timeout
         slow = lab.submit(SLOW_GRID)["id"]
         try:

@@ -28,9 +28,11 @@ from worker.store import TERMINAL
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 END_GRACE_MS = 2000
-EVENT_ID = r"^[0-9]{1,20}-[0-9]{1,20}$"
+# A stream entry id: milliseconds-sequence, each part a 64-bit unsigned number in Redis. 19
+# digits keep every id the pattern admits below 2^64 (Redis refuses larger ones mid-stream).
+EVENT_ID = r"^[0-9]{1,19}-[0-9]{1,19}$"
 # Empty, as the SSE standard has it, means no event seen yet: start at the first.
-EVENT_ID_OR_EMPTY = r"^([0-9]{1,20}-[0-9]{1,20})?$"
+EVENT_ID_OR_EMPTY = r"^([0-9]{1,19}-[0-9]{1,19})?$"
 RESUME = "resume after this event id (empty: from the first event)"
 EXAMPLE = (
     'retry: 1000\n\nid: 1735732800000-0\nevent: status\ndata: {"status":"queued"}\n\n'
