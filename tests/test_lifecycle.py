@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -177,6 +178,24 @@ def test_retention_deletes_only_terminal_jobs_that_ended_long_enough_ago(
     for job_id in (started_early, active, recent):
         assert store.get(job_id) is not None, job_id
         assert not any(job_id in action for action in done)
+
+
+def test_delete_frees_a_full_store(tmp_path: Path) -> None:
+    """A Redis at its maxmemory refuses writes, yet deletes still run: an admin can make room."""
+    server = RedisServer(tmp_path / "redis", maxmemory="16mb")
+    server.start()
+    try:
+        store = JobStore.from_url(server.url)
+        job_id = _ended(store)
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            for index in range(1000):  # 100 MB of results, far over the cap
+                store.redis.hset(keys.cells(job_id), str(index), "x" * 100_000)
+        assert store.delete(job_id) == Deletion.deleted
+        eventually(lambda: store.redis.info("memory")["used_memory"] < 8 * 2**20, timeout=10)
+        assert store.get(_ended(store)) is not None  # writes go through again
+        store.redis.close()
+    finally:
+        server.stop()
 
 
 def test_redis_memory_is_a_gauge(secured_api: ApiServer, store: JobStore) -> None:
