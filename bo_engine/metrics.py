@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from bo_engine.baselines import max_margin_classifier
+from bo_engine.chunks import Stopped
 from bo_engine.data import TrainSet, draw_test_outputs
 from bo_engine.model import leaky_relu, outer_weights
 from bo_engine.plan import RunSetup
@@ -46,6 +47,12 @@ class Reporter:
             return False
         self.last_poll = time.monotonic()
         return self.should_cancel()
+
+    def check(self) -> None:
+        """A checkpoint (`bo_engine.chunks`) for work on the reporting thread: raises `Stopped`
+        when a cancel is asked."""
+        if self.cancel_requested():
+            raise Stopped
 
 
 def stop_reason(reached: bool, rule: str, out_of_steps: bool, cancelled: bool) -> str:
