@@ -284,8 +284,9 @@ def train_in_threads(
     @torch.inference_mode()  # per thread: the caller's inference mode does not reach here
     def train_one(setup: RunSetup) -> dict[str, Any] | None:
         """The run's result; None when the batch stopped before the run began to train."""
+        check = checkpoint(stop)
         try:
-            run, train, w0 = prepare(setup)
+            run, train, w0 = prepare(setup, check)
         except Stopped:
             return None
         cell = setup.cell
@@ -308,11 +309,15 @@ def train_in_threads(
         )
         reason = stop_reason(reached, cell.stop, steps >= cell.max_steps, stop.is_set())
         w = w0 + views["c"].double() @ train.x
-        return reporter.result_of(setup, train, w, views["f"], steps, reason, trajectory)
+        f = views["f"]
+        try:
+            return reporter.result_of(setup, train, w, f, steps, reason, trajectory, check)
+        except Stopped:  # the batch stopped while the run's baseline was being solved
+            return None
 
-    def prepare(setup: RunSetup) -> tuple[LoopRun, TrainSet, torch.Tensor]:
-        """Data, W(0) and the Gram products of one run; raises `Stopped` once `stop` is set."""
-        check = checkpoint(stop)
+    def prepare(setup: RunSetup, check: Checkpoint) -> tuple[LoopRun, TrainSet, torch.Tensor]:
+        """Data, W(0) and the Gram products of one run; `check` raises `Stopped` once the batch
+        stops."""
         check()  # a run still queued when the batch stops never starts
         cell = setup.cell
         train = make_train_set(cell, setup.seed, check)

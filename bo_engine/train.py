@@ -218,7 +218,7 @@ def train_batch(
     if len(keys) != 1:
         raise ValueError(f"runs of one batch must share a shape key; got {sorted(map(str, keys))}")
 
-    def result_of(setup, train, w, f, steps, reason, trajectory) -> dict[str, Any]:
+    def result_of(setup, train, w, f, steps, reason, trajectory, check) -> dict[str, Any]:
         return run_result(
             setup.cell,
             setup.seed,
@@ -231,6 +231,7 @@ def train_batch(
             max_margin_baseline=max_margin_baseline and reason != "cancelled",
             rule=theory,
             trajectory=trajectory,
+            check=check,
         )
 
     reporter = Reporter(result_of, on_run_done, on_runs_done, should_cancel, CANCEL_POLL_SECONDS)
@@ -271,7 +272,9 @@ def _train_batched(
         for row, reason in zip(rows, reasons, strict=True):
             i = int(b.ids[row])
             w = _weights(b, row, w0[i], data[i])
-            run = reporter.result_of(setups[i], data[i], w, f[row], step, reason, trajectories[i])
+            run = reporter.result_of(
+                setups[i], data[i], w, f[row], step, reason, trajectories[i], no_checkpoint
+            )
             finished.append((setups[i], run))
         reporter.report(finished)
 
