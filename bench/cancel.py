@@ -50,6 +50,12 @@ CASES: dict[str, tuple[dict[str, Any], list[float]]] = {
         {"n": 5000, "d": 40_000, "width": 90, "max_steps": 1000, "n_test": 1000, **NEVER_STOPS},
         [2.0, 20.0, 90.0],
     ),
+    # The costliest GD step the bounds admit (n = 5000, width 90: 4e9 units), with d as small as
+    # the Gram form allows so that the run is training by the later cancels.
+    "1 run n=5000 d=1250 width=90": (
+        {"n": 5000, "d": 1250, "width": 90, "max_steps": 1000, "n_test": 1000, **NEVER_STOPS},
+        [15.0, 30.0],
+    ),
     # The plain form (d < n / 4) at n = 5000: data and W X^T products, no Gram matrix.
     "4 runs n=5000 d=1000 width=90 (plain)": (
         {"n": 5000, "d": 1000, "width": 90, "seeds": 4, "max_steps": 1000, **NEVER_STOPS},
