@@ -268,9 +268,9 @@ def test_runs_not_yet_training_when_the_cancel_lands_never_start(monkeypatch, en
     monkeypatch.setattr(train_mod, "CANCEL_POLL_SECONDS", 0.0)
     drawn: list[int] = []
 
-    def counted(cell: Cell, seed: int, check: Checkpoint = no_checkpoint) -> TrainSet:
+    def counted(cell: Cell, seed: int, *check: Checkpoint) -> TrainSet:
         drawn.append(seed)
-        return make_train_set(cell, seed, check)
+        return make_train_set(cell, seed, *check)
 
     for module in (train_mod, loop_mod):
         monkeypatch.setattr(module, "make_train_set", counted)
