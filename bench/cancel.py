@@ -33,7 +33,7 @@ from bo_engine.spec import JobSpec
 from worker.settings import Settings
 
 # Runs that train until stopped: zero loss is never reached at this step size.
-NEVER_STOPS = {"stop": "zero_loss", "lr": 1e-12}
+NEVER_STOPS = {"stop": "zero_loss", "lr": 1e-12, "max_margin_baseline": False}
 # name -> (spec, seconds after the start at which to cancel)
 CASES: dict[str, tuple[dict[str, Any], list[float]]] = {
     "1 run n=1000 width=512": (
@@ -44,16 +44,15 @@ CASES: dict[str, tuple[dict[str, Any], list[float]]] = {
         {"n": 1500, "d": 20_000, "seeds": 64, "max_steps": 20_000, **NEVER_STOPS},
         [1.0, 10.0, 30.0],
     ),
-    # The largest single run the default bounds admit here: n = 5000 and n d = 2e8 (peak memory
-    # 8 GiB), and the widest network whose step stays under max_step_work (4e9 units).
-    "1 run n=5000 d=40000 width=90": (
-        {"n": 5000, "d": 40_000, "width": 90, "max_steps": 1000, "n_test": 1000, **NEVER_STOPS},
+    # The largest single run the default bounds admit: n = 5000, d = 100000 (inputs 4 GB).
+    "1 run n=5000 d=100000": (
+        {"n": 5000, "d": 100_000, "width": 2, "max_steps": 1000, "n_test": 1000, **NEVER_STOPS},
         [2.0, 20.0, 90.0],
     ),
-    # The costliest GD step the bounds admit (n = 5000, width 90: 4e9 units), with d as small as
-    # the Gram form allows so that the run is training by the later cancels.
-    "1 run n=5000 d=1250 width=90": (
-        {"n": 5000, "d": 1250, "width": 90, "max_steps": 1000, "n_test": 1000, **NEVER_STOPS},
+    # The costliest GD step the bounds admit (n = 5000, width 226: max_stage_work, 1e10 units),
+    # with d as small as the Gram form allows so that the run is training by the later cancels.
+    "1 run n=5000 d=1250 width=226": (
+        {"n": 5000, "d": 1250, "width": 226, "max_steps": 1000, "n_test": 1000, **NEVER_STOPS},
         [15.0, 30.0],
     ),
     # The plain form (d < n / 4) at n = 5000: data and W X^T products, no Gram matrix.

@@ -50,8 +50,11 @@ class Settings(BaseSettings):
     max_batch_bytes: int = Field(
         8 << 30, ge=1, description="bound on the estimated peak memory of one batch (bytes)"
     )
-    max_step_work: float = Field(
-        4e9, gt=0, description="bound on one GD step of one run (units; ~0.5 s on one core)"
+    max_stage_work: float = Field(
+        1e10,
+        gt=0,
+        description="bound on the costliest stage no cancel can interrupt: one GD step of a "
+        "run, or its max-margin baseline's NNLS solve (units; about a second on one core)",
     )
     max_trajectory_points: int = Field(
         10_000, ge=2, description="bound on trajectory points per run (max_steps / record_every)"
