@@ -14,12 +14,12 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
 from service.auth import CallerDep
 from service.errors import JobNotFound
-from service.schemas import ErrorBody, finite
+from service.schemas import ErrorBody, JobId, finite
 from worker import events, keys
 from worker.settings import get_settings
 from worker.store import TERMINAL
@@ -91,7 +91,7 @@ async def _follow(request: Request, job_id: str, after: str) -> AsyncIterator[st
 async def job_events(
     request: Request,
     caller: CallerDep,
-    job_id: Annotated[str, Path(description="job id, as returned by POST /v1/jobs")],
+    job_id: JobId,
     last_event_id: Annotated[
         str | None, Header(alias="Last-Event-ID", pattern=EVENT_ID, description="resume after")
     ] = None,

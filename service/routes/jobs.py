@@ -7,7 +7,7 @@ import json
 import threading
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import JSONResponse
 
 from bo_engine.plan import assemble_result
@@ -21,6 +21,7 @@ from service.limits import BoundedJobSpec, require_json
 from service.schemas import (
     ErrorBody,
     JobAccepted,
+    JobId,
     JobPage,
     JobResult,
     JobView,
@@ -39,7 +40,6 @@ router = APIRouter(
     responses=AUTH_RESPONSES,
 )
 
-JobId = Annotated[str, Path(description="job id, as returned by POST /v1/jobs")]
 NOT_FOUND = {404: {"model": ErrorBody, "description": "no job with this id (that you may see)"}}
 RETRY_AFTER_S = 10  # a hint: small jobs finish in seconds, the queue drains meanwhile
 NOT_READY = {409: {"model": ErrorBody, "description": "the job has no results yet"}}
