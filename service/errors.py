@@ -48,6 +48,10 @@ class TooManyJobs(ApiError):
     status_code = 429
 
 
+class TooManyStreams(ApiError):
+    status_code = 429
+
+
 class UnsupportedMediaType(ApiError):
     status_code = 415
 
