@@ -39,6 +39,8 @@ function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
     if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    // Through the CSSOM: the page's CSP refuses inline style attributes.
+    else if (k === "style") node.style.cssText = v;
     else if (v !== null && v !== undefined) node.setAttribute(k, v);
   }
   for (const child of children.flat()) {
