@@ -132,3 +132,33 @@ def test_a_hundred_streams_of_one_key_leave_others_working(
         assert bob.get(f"/v1/jobs/{theirs}").status_code == 200
         assert bob.get("/readyz").json()["redis"] is True
         assert answers.count(200) == 10 and answers.count(429) == 100  # the default cap
+
+
+def test_dropped_streams_give_back_slots_and_connections(
+    capped_api: ApiServer, api_keys: dict
+) -> None:
+    """Clients that go away while their stream waits in Redis (XREAD BLOCK) free the slot and
+    the pool connection: after many drops, streams up to the process's cap still all work."""
+    alice, bob = (_client(capped_api, api_keys[who]) for who in ("alice", "bob"))
+    with alice, bob:
+        mine = alice.post("/v1/jobs", json=TINY).json()["id"]
+        theirs = bob.post("/v1/jobs", json=TINY).json()["id"]
+        for _ in range(10):
+            with ExitStack() as dropped:  # open PER_KEY, let them block, drop them all
+                eventually(lambda: _status(alice, mine) == 200, timeout=10)
+                for _ in range(PER_KEY):
+                    _first_event(dropped, alice, mine)
+        with ExitStack() as held:
+            eventually(lambda: _status(alice, mine) == 200, timeout=10)
+            kinds = [_first_event(held, alice, mine) for _ in range(PER_KEY)]
+            kinds += [_first_event(held, bob, theirs) for _ in range(TOTAL - PER_KEY)]
+            assert kinds == ["status"] * TOTAL
+
+
+def _first_event(stack: ExitStack, client: httpx.Client, job_id: str) -> str:
+    """Open a stream (held on the stack) and read up to its first event's kind."""
+    response = stack.enter_context(client.stream("GET", f"/v1/jobs/{job_id}/events"))
+    assert response.status_code == 200
+    lines = response.iter_lines()
+    stack.callback(lines.close)
+    return next(line for line in lines if line.startswith("event:")).split(": ", 1)[1]
