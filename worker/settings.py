@@ -118,6 +118,24 @@ class Settings(BaseSettings):
         "none); when full it evicts nothing and submissions answer 503. docker-compose.yml "
         "reads the same variable",
     )
+    # --- the HTTP edge: event stream caps, probes under load (see service.capacity) ---------
+    max_streams_per_key: int = Field(
+        10, ge=1, description="event streams one key may hold open per API process; more: 429"
+    )
+    max_streams: int = Field(
+        100,
+        ge=1,
+        description="event streams per API process, all keys together; more: 503 (the streams' "
+        "own Redis pool has this many connections, apart from the one short requests use)",
+    )
+    # Building results is Python work under the GIL: more threads add little throughput, and
+    # each one more makes the event loop (probes, streams, every request) wait longer for it.
+    max_result_renders: int = Field(
+        1,
+        ge=1,
+        description="results and figures built at once per API process; more wait their turn "
+        "(keeps the event loop and the shared thread pool free for every other request)",
+    )
 
 
 @lru_cache
