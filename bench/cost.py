@@ -44,7 +44,7 @@ SHAPES = {
     "stage n=5000 width=200": {"n": 5000, "d": 1250, "width": 200, "max_steps": 3,
                                "n_test": 1, "max_margin_baseline": False, **NEVER_STOPS},
     "baseline n=900": {"n": 900, "d": 20_000, "width": 2, "max_steps": 1, "n_test": 1},
-    "memory width=2800": {"n": 100, "d": 100_000, "width": 2800, "max_steps": 1, "n_test": 1},
+    "memory width=2200": {"n": 100, "d": 100_000, "width": 2200, "max_steps": 1, "n_test": 1},
     "n=2000 d=100000": {"n": 2000, "d": 100_000, "width": 64, "max_steps": 1,
                         "n_test": 100_000, "max_margin_baseline": False},
 }

@@ -22,9 +22,10 @@ run slower per operation carry a weight, measured on the project's CPU (`bench/c
                 factor (width^2 d + width^3) and the outputs themselves (n_test width^2)
     baseline    Q = (y y^T) G (n^2 d) and the dual NNLS (NNLS_UNITS n^3)
 
-**Memory** is the peak of what a phase holds at once (float64 inputs and their temporaries, the
-Gram matrix and the training state in the run's dtype, the baseline's n x n factors, the test
-outputs), plus the process itself (PROCESS_BYTES: Python, torch, numba, scipy). A CPU trains a
+**Memory** is what drawing the inputs holds (float64 x and one block of temporaries, which the
+allocator keeps for later) plus the largest later phase (W(0), the Gram matrix and the training
+state in the run's dtype, W and its projections with the test outputs, or the baseline's y x and
+n x n factors), plus the process itself (PROCESS_BYTES: Python, torch, numba, scipy). A CPU trains a
 batch's runs `parallel_runs` at a time, each holding its own; the batched program holds every
 run of a batch at once.
 
@@ -121,16 +122,17 @@ def run_cost(
     size = DTYPE_BYTES[dtype]
     inputs = F64 * n * d
     block = min(n * d, max(DATA_BLOCK_NUMBERS, 16 * d))
-    phases = (
-        inputs + DATA_BLOCK_BYTES_PER_NUMBER * block,  # drawing the inputs
-        inputs + F64 * m * d + (F64 + size) * (n * n + m * n),  # products
-        inputs + F64 * m * d + size * (n * n + 3 * m * n),  # training
-        inputs + 3 * F64 * m * d + 5 * F64 * m * m + 3 * F64 * t * (m + 1),  # result
-        2 * inputs + 5 * F64 * n * n if baseline else 0,  # Q, its factor, NNLS's copies
+    # The allocator keeps what the data draw freed, so later phases add to it (measured).
+    drawn = inputs + DATA_BLOCK_BYTES_PER_NUMBER * block
+    later = (
+        F64 * m * d + (F64 + size) * (n * n + m * n),  # W(0), G and Z0 (and their copies)
+        F64 * m * d + size * (n * n + 3 * m * n),  # training state
+        4 * F64 * m * d + 5 * F64 * m * m + 3 * F64 * t * (m + 1),  # W0, W, W P; test outputs
+        inputs + 5 * F64 * n * n if baseline else 0,  # y x, Q, its factor, NNLS's copies
     )
     result = RUN_JSON_BYTES + POINT_JSON_BYTES * points
     stage = max(step, NNLS_UNITS * n**3 if baseline else 0)
-    return RunCost(work, int(max(phases)), result, stage, points)
+    return RunCost(work, int(drawn + max(later)), result, stage, points)
 
 
 def job_cost(spec: JobSpec, *, parallel_runs: int) -> JobCost:

@@ -47,7 +47,7 @@ def _detail(response: httpx.Response) -> str:
         ),
         (
             {"n": 100, "d": 100_000, "width": 4096, "max_steps": 1, "n_test": 1},
-            ["estimated peak memory of one batch 1.12e+10 bytes", "max_batch_bytes = 8.59e+09"],
+            ["estimated peak memory of one batch 1.46e+10 bytes", "max_batch_bytes = 8.59e+09"],
         ),
         (
             {"n": 5000, "d": 1250, "width": 512, "max_steps": 1, "max_margin_baseline": False},
