@@ -1,10 +1,10 @@
 """The cost model (`bo_engine.cost`) against measurement: work, peak memory and result size.
 
 Each shape pushes one admission bound (n, d, width, n_test, seeds, max_steps, grid cells, the
-trajectory, the baseline) while the others stay small, and runs in a fresh single-threaded
-process (`bolab run --local`'s `run_spec`), which reports its wall time, peak RSS and result
-size. The model's work units become seconds through this machine's float64 GEMM rate on one
-core, measured here first. Prints the estimate and the measurement side by side:
+trajectory, an uninterruptible stage, a batch's memory) while the others stay small, and runs in
+a fresh single-threaded process (`bolab run --local`'s `run_spec`), which reports its wall time,
+peak RSS and result size. The model's work units become seconds through this machine's float64
+GEMM rate on one core, measured here first. Prints the estimate and the measurement side by side:
 
     .venv/bin/python bench/cost.py [--only NAME ...]
 """
@@ -41,9 +41,12 @@ SHAPES = {
                     "grid": {"n": [10] * 100, "gamma": [0.1 + i / 1000 for i in range(100)]}},
     "trajectory=10000": {"n": 20, "d": 40, "width": 16, "max_steps": 9998, "record_every": 1,
                          "n_test": 100, **NEVER_STOPS},
-    "baseline n=2000": {"n": 2000, "d": 50_000, "width": 2, "max_steps": 1, "n_test": 1},
-    "memory n=2000 d=1e5": {"n": 2000, "d": 100_000, "width": 64, "max_steps": 1,
-                            "n_test": 100_000},
+    "stage n=5000 width=200": {"n": 5000, "d": 1250, "width": 200, "max_steps": 3,
+                               "n_test": 1, "max_margin_baseline": False, **NEVER_STOPS},
+    "baseline n=900": {"n": 900, "d": 20_000, "width": 2, "max_steps": 1, "n_test": 1},
+    "memory width=2200": {"n": 100, "d": 100_000, "width": 2200, "max_steps": 1, "n_test": 1},
+    "n=2000 d=100000": {"n": 2000, "d": 100_000, "width": 64, "max_steps": 1,
+                        "n_test": 100_000, "max_margin_baseline": False},
 }
 
 CHILD = """

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from scipy.optimize import linprog, minimize, nnls
 
+from bo_engine.chunks import Checkpoint, matmul_rows, no_checkpoint
+
 FEASIBILITY_TOL = 1e-6
 
 
@@ -28,7 +30,7 @@ def _dual_nnls(q: torch.Tensor) -> torch.Tensor | None:
     return torch.from_numpy(lam)
 
 
-def _dual_lbfgs(q: torch.Tensor) -> torch.Tensor:
+def _dual_lbfgs(q: torch.Tensor, check: Checkpoint) -> torch.Tensor:
     q_np = q.numpy()
 
     def objective(lam: np.ndarray) -> tuple[float, np.ndarray]:
@@ -42,6 +44,7 @@ def _dual_lbfgs(q: torch.Tensor) -> torch.Tensor:
         method="L-BFGS-B",
         bounds=[(0.0, None)] * q.shape[0],
         options={"maxiter": 20_000, "ftol": 1e-15, "gtol": 1e-10},
+        callback=lambda _: check(),
     )
     return torch.from_numpy(res.x)
 
@@ -55,13 +58,16 @@ def _separable(yx: torch.Tensor) -> bool:
     return lp.status == 0
 
 
-def max_margin_classifier(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+def max_margin_classifier(
+    x: torch.Tensor, y: torch.Tensor, check: Checkpoint = no_checkpoint
+) -> torch.Tensor | None:
     """w* (d,) with y_i <w*, x_i> >= 1 and the least norm, or None if no such w exists.
 
-    x (n, d) and y (n,) in {-1, +1}, float64 on the CPU.
+    x (n, d) and y (n,) in {-1, +1}, float64 on the CPU. `check()` is called between the
+    stages (and the blocks of Q, and L-BFGS-B's iterations), so that a stop ends the solve.
     """
     yx = y[:, None] * x
-    q = yx @ yx.T
+    q = matmul_rows(yx, yx.T, check)
 
     def primal(lam: torch.Tensor | None) -> torch.Tensor | None:
         if lam is None:
@@ -74,7 +80,9 @@ def max_margin_classifier(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | No
     # up. A positive definite Q means independent x_i, separable under any labels; otherwise an
     # LP decides first, since without a separator the dual has no minimum to find.
     lam = _dual_nnls(q)
+    check()
     w = primal(lam)
     if w is None and (lam is not None or _separable(yx)):
-        w = primal(_dual_lbfgs(q))
+        check()
+        w = primal(_dual_lbfgs(q, check))
     return w

@@ -22,9 +22,10 @@ run slower per operation carry a weight, measured on the project's CPU (`bench/c
                 factor (width^2 d + width^3) and the outputs themselves (n_test width^2)
     baseline    Q = (y y^T) G (n^2 d) and the dual NNLS (NNLS_UNITS n^3)
 
-**Memory** is the peak of what a phase holds at once (float64 inputs and their temporaries, the
-Gram matrix and the training state in the run's dtype, the baseline's n x n factors, the test
-outputs), plus the process itself (PROCESS_BYTES: Python, torch, numba, scipy). A CPU trains a
+**Memory** is what drawing the inputs holds (float64 x and one block of temporaries, which the
+allocator keeps for later) plus the largest later phase (W(0), the Gram matrix and the training
+state in the run's dtype, W and its projections with the test outputs, or the baseline's y x and
+n x n factors), plus the process itself (PROCESS_BYTES: Python, torch, numba, scipy). A CPU trains a
 batch's runs `parallel_runs` at a time, each holding its own; the batched program holds every
 run of a batch at once.
 
@@ -53,7 +54,10 @@ BATCH_UNITS = 1e9  # per batch: starting its task, its thread pool, first calls
 
 # Memory constants, in bytes.
 PROCESS_BYTES = 600 << 20  # a worker process with torch, numba and scipy loaded
-DATA_PEAK_PER_ELEMENT = 4 * F64 + 4  # x, its noise, the projection and the mix, float32 draw
+# The inputs are drawn in row blocks (bo_engine.chunks.BLOCK_NUMBERS numbers, at least 16 rows):
+# x itself, plus one block's float32 draw, noise, projection and mix.
+DATA_BLOCK_NUMBERS = 1 << 22
+DATA_BLOCK_BYTES_PER_NUMBER = 4 + 4 * F64
 RUN_JSON_BYTES = 700  # one run's result without its trajectory
 CELL_JSON_BYTES = 2500  # one cell's params and summary
 POINT_JSON_BYTES = 200  # one trajectory point
@@ -66,7 +70,7 @@ class RunCost:
     work: float
     peak_bytes: int
     result_bytes: int
-    step_work: float  # units of one GD step: what one uninterruptible step costs
+    stage_work: float  # the costliest stage no cancel can interrupt: a GD step or the NNLS
     trajectory_points: int
 
 
@@ -75,7 +79,7 @@ class JobCost:
     work: float  # units, all runs
     peak_batch_bytes: int  # the largest batch, process included
     result_bytes: int  # the whole result document
-    max_step_work: float  # the costliest single GD step of any run
+    max_stage_work: float  # the costliest uninterruptible stage of any run
     max_trajectory_points: int  # per run
 
 
@@ -117,15 +121,18 @@ def run_cost(
     )
     size = DTYPE_BYTES[dtype]
     inputs = F64 * n * d
-    phases = (
-        DATA_PEAK_PER_ELEMENT * n * d,  # drawing the inputs
-        inputs + F64 * m * d + (F64 + size) * (n * n + m * n),  # products
-        inputs + F64 * m * d + size * (n * n + 3 * m * n),  # training
-        inputs + 3 * F64 * m * d + 5 * F64 * m * m + 3 * F64 * t * (m + 1),  # result
-        2 * inputs + 5 * F64 * n * n if baseline else 0,  # Q, its factor, NNLS's copies
+    block = min(n * d, max(DATA_BLOCK_NUMBERS, 16 * d))
+    # The allocator keeps what the data draw freed, so later phases add to it (measured).
+    drawn = inputs + DATA_BLOCK_BYTES_PER_NUMBER * block
+    later = (
+        F64 * m * d + (F64 + size) * (n * n + m * n),  # W(0), G and Z0 (and their copies)
+        F64 * m * d + size * (n * n + 3 * m * n),  # training state
+        4 * F64 * m * d + 5 * F64 * m * m + 3 * F64 * t * (m + 1),  # W0, W, W P; test outputs
+        inputs + 5 * F64 * n * n if baseline else 0,  # y x, Q, its factor, NNLS's copies
     )
     result = RUN_JSON_BYTES + POINT_JSON_BYTES * points
-    return RunCost(work, int(max(phases)), result, step, points)
+    stage = max(step, NNLS_UNITS * n**3 if baseline else 0)
+    return RunCost(work, int(drawn + max(later)), result, stage, points)
 
 
 def job_cost(spec: JobSpec, *, parallel_runs: int) -> JobCost:
@@ -150,7 +157,7 @@ def job_cost(spec: JobSpec, *, parallel_runs: int) -> JobCost:
         work=BATCH_UNITS * len(batches) + sum(c.seeds * r.work for c, r in pairs),
         peak_batch_bytes=PROCESS_BYTES + worst_batch,
         result_bytes=sum(CELL_JSON_BYTES + c.seeds * r.result_bytes for c, r in pairs),
-        max_step_work=max(r.step_work for r in runs),
+        max_stage_work=max(r.stage_work for r in runs),
         max_trajectory_points=max(r.trajectory_points for r in runs),
     )
 

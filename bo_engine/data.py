@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bo_engine.chunks import Checkpoint, no_checkpoint, normal_row_blocks
 from bo_engine.spec import Cell
 
 
@@ -42,21 +43,35 @@ def signal_direction(d: int, seed: int) -> torch.Tensor:
 
 
 def inputs(
-    clean: torch.Tensor, v: torch.Tensor, gamma: float, gen: torch.Generator
+    clean: torch.Tensor,
+    v: torch.Tensor,
+    gamma: float,
+    gen: torch.Generator,
+    check: Checkpoint = no_checkpoint,
 ) -> torch.Tensor:
-    """x = sqrt(gamma) t v + sqrt(1 - gamma) xi, xi = g / sqrt(d) projected orthogonally to v."""
+    """x = sqrt(gamma) t v + sqrt(1 - gamma) xi, xi = g / sqrt(d) projected orthogonally to v.
+
+    Built in row blocks (`bo_engine.chunks`: the same numbers as in one piece), with `check()`
+    between blocks; each block's temporaries are the only memory beyond x itself.
+    """
     n, d = clean.shape[0], v.shape[0]
-    # Drawn in float32 (four times faster on a CPU than float64), then used in float64.
-    xi = torch.randn(n, d, generator=gen, dtype=torch.float32).double() / math.sqrt(d)
-    xi -= torch.outer(xi @ v, v)
-    return math.sqrt(gamma) * clean[:, None] * v[None, :] + math.sqrt(1.0 - gamma) * xi
+    x = torch.empty(n, d, dtype=torch.float64)
+    for rows in normal_row_blocks(n, d):
+        # Drawn in float32 (four times faster on a CPU than float64), then used in float64.
+        g = torch.randn(rows.stop - rows.start, d, generator=gen, dtype=torch.float32)
+        xi = g.double() / math.sqrt(d)
+        xi -= torch.outer(xi @ v, v)
+        x[rows] = math.sqrt(gamma) * clean[rows, None] * v[None, :] + math.sqrt(1.0 - gamma) * xi
+        check()
+    return x
 
 
 def random_labels(n: int, gen: torch.Generator) -> torch.Tensor:
     return torch.randint(0, 2, (n,), generator=gen).to(torch.float64) * 2 - 1
 
 
-def make_train_set(cell: Cell, seed: int) -> TrainSet:
+def make_train_set(cell: Cell, seed: int, check: Checkpoint = no_checkpoint) -> TrainSet:
+    """The training set of (cell, seed); `check()` is called every ~0.1 s of the work."""
     gen = seeded_generator(
         "train",
         n=cell.n,
@@ -74,7 +89,7 @@ def make_train_set(cell: Cell, seed: int) -> TrainSet:
     else:
         corrupted = torch.rand(cell.n, generator=gen, dtype=torch.float64) < cell.corruption_rate
     y = torch.where(corrupted, -clean, clean)
-    return TrainSet(inputs(clean, v, cell.gamma, gen), y, clean, corrupted, v)
+    return TrainSet(inputs(clean, v, cell.gamma, gen, check), y, clean, corrupted, v)
 
 
 def make_test_set(cell: Cell, seed: int, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,6 +22,7 @@ instead of |A| n. The same iterates as the tensor step, up to rounding.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
@@ -33,7 +34,8 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from bo_engine.data import make_train_set
+from bo_engine.chunks import Checkpoint, Stopped, checkpoint, matmul_rows, no_checkpoint
+from bo_engine.data import TrainSet, make_train_set
 from bo_engine.metrics import (
     Reporter,
     fit_metrics,
@@ -45,8 +47,11 @@ from bo_engine.model import init_weights, outer_weights
 from bo_engine.plan import RunSetup
 
 # Recompute Z from C this often (in steps) so that rounding in the incremental update cannot
-# drift; the loop also returns to Python this often, to notice a cancel.
+# drift.
 RESYNC_EVERY = 1000
+# The loop returns to Python about this often (seconds), to notice a stop: the steps of each call
+# are paced from the time the last call took (`next_budget`), whatever a step costs.
+CALL_SECONDS = 0.1
 
 
 @numba.njit(nogil=True, cache=True)
@@ -130,19 +135,27 @@ class LoopRun:
 
     @classmethod
     def build(
-        cls, x: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, lr: float, alpha: float, dtype
+        cls,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        w0: torch.Tensor,
+        lr: float,
+        alpha: float,
+        dtype,
+        check: Checkpoint = no_checkpoint,
     ) -> LoopRun:
-        """From float64 inputs x (n, d), labels y (n,) and W(0) (m, d); arithmetic in `dtype`."""
+        """From float64 inputs x (n, d), labels y (n,) and W(0) (m, d); arithmetic in `dtype`.
+        The products over d run in blocks with `check()` between them."""
 
         def as_array(t: torch.Tensor) -> np.ndarray:
             return t.to(dtype).contiguous().numpy()
 
-        z0 = as_array(w0 @ x.T)
+        z0 = as_array(matmul_rows(w0, x.T, check))
         return cls(
             z0=z0,
             z=z0.copy(),
             c=np.zeros_like(z0),
-            gram=as_array(x @ x.T),
+            gram=as_array(matmul_rows(x, x.T, check)),
             y=as_array(y),
             lr_y=as_array(lr * y),
             a=as_array(outer_weights(w0.shape[0])),
@@ -189,9 +202,11 @@ def train_run(
     """Train one run to its stop rule, `max_steps` or `stop`; returns (steps, rule reached).
 
     `record(step)` is called at every multiple of `record_every`, with `run.f` the outputs there,
-    before the stop rule is applied, as the batched loop does.
+    before the stop rule is applied, as the batched loop does. `stop` is looked at about every
+    CALL_SECONDS; how the steps are split into calls changes no iterate.
     """
     step, reached = run.steps(0, zero_loss)
+    pace = 1  # steps of the next call, before the resync and record boundaries
     while True:
         if record_every and step % record_every == 0:
             record(step)
@@ -199,11 +214,22 @@ def train_run(
             return step, reached
         if step and step % RESYNC_EVERY == 0:
             run.resync()
-        budget = min(max_steps - step, RESYNC_EVERY - step % RESYNC_EVERY)
+        budget = min(max_steps - step, RESYNC_EVERY - step % RESYNC_EVERY, pace)
         if record_every:
             budget = min(budget, record_every - step % record_every)
+        started = time.perf_counter()
         taken, reached = run.steps(budget, zero_loss)
+        pace = next_budget(pace, taken, time.perf_counter() - started)
         step += taken
+
+
+def next_budget(pace: int, taken: int, seconds: float) -> int:
+    """Steps for the next call of the loop: as many as take about CALL_SECONDS at the rate of the
+    last call (`taken` steps in `seconds`), growing at most fourfold from `pace`."""
+    if taken == 0:
+        return pace
+    wanted = CALL_SECONDS * taken / seconds if seconds > 0 else float("inf")
+    return max(1, int(min(wanted, 4 * pace)))
 
 
 class _OneThreadPerRun:
@@ -256,11 +282,14 @@ def train_in_threads(
     stop = threading.Event()  # set on cancel, or to end the loops early on an error
 
     @torch.inference_mode()  # per thread: the caller's inference mode does not reach here
-    def train_one(setup: RunSetup) -> dict[str, Any]:
+    def train_one(setup: RunSetup) -> dict[str, Any] | None:
+        """The run's result; None when the batch stopped before the run began to train."""
+        check = checkpoint(stop)
+        try:
+            run, train, w0 = prepare(setup, check)
+        except Stopped:
+            return None
         cell = setup.cell
-        train = make_train_set(cell, setup.seed)
-        w0 = init_weights(cell, setup.seed)
-        run = LoopRun.build(train.x, train.y, w0, cell.lr, cell.alpha, dtype)
         # Views of the loop's arrays: they follow the run as it trains.
         views = {k: torch.from_numpy(getattr(run, k)) for k in ("c", "z0", "gram", "y", "f")}
         w0_sq = w0.pow(2).sum().to(views["c"].dtype)
@@ -280,7 +309,21 @@ def train_in_threads(
         )
         reason = stop_reason(reached, cell.stop, steps >= cell.max_steps, stop.is_set())
         w = w0 + views["c"].double() @ train.x
-        return reporter.result_of(setup, train, w, views["f"], steps, reason, trajectory)
+        f = views["f"]
+        try:
+            return reporter.result_of(setup, train, w, f, steps, reason, trajectory, check)
+        except Stopped:  # the batch stopped while the run's baseline was being solved
+            return None
+
+    def prepare(setup: RunSetup, check: Checkpoint) -> tuple[LoopRun, TrainSet, torch.Tensor]:
+        """Data, W(0) and the Gram products of one run; `check` raises `Stopped` once the batch
+        stops."""
+        check()  # a run still queued when the batch stops never starts
+        cell = setup.cell
+        train = make_train_set(cell, setup.seed, check)
+        w0 = init_weights(cell, setup.seed, check)
+        run = LoopRun.build(train.x, train.y, w0, cell.lr, cell.alpha, dtype, check)
+        return run, train, w0
 
     cancelled = False
     with one_thread_per_run() as threads, ThreadPoolExecutor(threads, "bolab-run") as pool:
@@ -288,10 +331,13 @@ def train_in_threads(
         try:
             while pending:
                 done, _ = wait(pending, timeout=reporter.poll_seconds, return_when=FIRST_COMPLETED)
-                reporter.report([(pending.pop(future), future.result()) for future in done])
+                finished = [(pending.pop(future), future.result()) for future in done]
+                reporter.report([(setup, run) for setup, run in finished if run is not None])
                 if not cancelled and reporter.cancel_requested():
                     cancelled = True
-                    stop.set()  # runs end at their next return to Python, as "cancelled"
+                    # Training runs end within CALL_SECONDS, as "cancelled"; runs still being
+                    # prepared stop at their next block, and queued ones never start.
+                    stop.set()
         finally:
             stop.set()
             pool.shutdown(cancel_futures=True)  # an error: queued runs never start

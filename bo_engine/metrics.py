@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from bo_engine.baselines import max_margin_classifier
+from bo_engine.chunks import Checkpoint, Stopped, no_checkpoint
 from bo_engine.data import TrainSet, draw_test_outputs
 from bo_engine.model import leaky_relu, outer_weights
 from bo_engine.plan import RunSetup
@@ -17,9 +18,11 @@ from bo_engine.spec import Cell, TheoryRule
 from bo_engine.theory import theory
 
 # What a training path makes of a finished run: (setup, train set, W float64, the outputs f the
-# stop rule saw, steps, stop reason, trajectory) -> the run's result (`train_batch` builds it).
+# stop rule saw, steps, stop reason, trajectory, checkpoint of the baseline) -> the run's result
+# (`train_batch` builds it).
 ResultOf = Callable[
-    [RunSetup, TrainSet, torch.Tensor, torch.Tensor, int, str, list | None], dict[str, Any]
+    [RunSetup, TrainSet, torch.Tensor, torch.Tensor, int, str, list | None, Checkpoint],
+    dict[str, Any],
 ]
 
 
@@ -46,6 +49,12 @@ class Reporter:
             return False
         self.last_poll = time.monotonic()
         return self.should_cancel()
+
+    def check(self) -> None:
+        """A checkpoint (`bo_engine.chunks`) for work on the reporting thread: raises `Stopped`
+        when a cancel is asked."""
+        if self.cancel_requested():
+            raise Stopped
 
 
 def stop_reason(reached: bool, rule: str, out_of_steps: bool, cancelled: bool) -> str:
@@ -91,14 +100,16 @@ def run_result(
     max_margin_baseline: bool,
     rule: TheoryRule,
     trajectory: list[dict[str, float]] | None,
+    check: Checkpoint = no_checkpoint,
 ) -> dict[str, Any]:
-    """One run's result. `w` (width, d) float64; `f_train` the outputs the stop rule saw."""
+    """One run's result. `w` (width, d) float64; `f_train` the outputs the stop rule saw;
+    `check()` between the stages of the baseline (a stop raises `Stopped` from there)."""
     y = train.y.to(f_train.device, f_train.dtype)
     fit = fit_metrics(y, f_train)
     yf = y * f_train
     w = w.cpu()  # the rest is O(width d) work against CPU-generated data
     weight_norm = float(w.norm())
-    w_star = max_margin_classifier(train.x, train.y) if max_margin_baseline else None
+    w_star = max_margin_classifier(train.x, train.y, check) if max_margin_baseline else None
     pre_test, lin_test, clean_test = draw_test_outputs(cell, seed, train.v, w, w_star)
     f_test = leaky_relu(pre_test, cell.alpha) @ outer_weights(cell.width)
     w_v = w @ train.v

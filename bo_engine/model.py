@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from bo_engine.chunks import Checkpoint, no_checkpoint, randn_rows
 from bo_engine.data import seeded_generator
 from bo_engine.spec import Cell
 
@@ -26,9 +27,11 @@ def network_output(w: torch.Tensor, x: torch.Tensor, alpha: float) -> torch.Tens
     return leaky_relu(x @ w.T, alpha) @ a
 
 
-def init_weights(cell: Cell, seed: int) -> torch.Tensor:
-    """W(0): (width, d), entries N(0, init_scale^2), float64 on the CPU."""
+def init_weights(cell: Cell, seed: int, check: Checkpoint = no_checkpoint) -> torch.Tensor:
+    """W(0): (width, d), entries N(0, init_scale^2), float64 on the CPU; drawn in row blocks
+    with `check()` between them (`bo_engine.chunks`)."""
     gen = seeded_generator(
         "init", width=cell.width, d=cell.d, init_scale=cell.init_scale, seed=seed
     )
-    return torch.randn(cell.width, cell.d, generator=gen, dtype=torch.float64) * cell.init_scale
+    w0 = randn_rows(cell.width, cell.d, gen, torch.float64, check)
+    return w0.mul_(cell.init_scale)

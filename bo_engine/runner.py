@@ -43,9 +43,11 @@ def run_batch(
     """Train every run of the batch's cells; return one cell result per cell, in batch order.
 
     `on_runs_done(k)` is told each time k more runs finish; `on_cell_done(cell)` gets each cell
-    result as soon as all of its runs are in. `should_cancel()` is polled between GD steps, at
-    most every 0.2 s (train.CANCEL_POLL_SECONDS); when it answers True, unfinished runs stop with
-    stop_reason "cancelled", the cells they complete are reported, and `Cancelled` is raised.
+    result as soon as all of its runs are in. `should_cancel()` is polled about every 0.2 s
+    (train.CANCEL_POLL_SECONDS); when it answers True, runs that are training stop within about
+    0.1 s with stop_reason "cancelled" (and no baseline), runs not yet training never start or
+    stop at their next block of work and report nothing, the cells completed by then are
+    reported, and `Cancelled` is raised.
     """
     device = device or resolve_device(spec.device)
     dtype = getattr(torch, spec.dtype)

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from bo_engine.chunks import Checkpoint, Stopped, matmul_rows, no_checkpoint
 from bo_engine.data import TrainSet, make_train_set
 from bo_engine.loop import RESYNC_EVERY, train_in_threads
 from bo_engine.metrics import (
@@ -91,7 +92,12 @@ def _padded(t: torch.Tensor, size: int, dims: tuple[int, ...]) -> torch.Tensor:
 
 
 def _build(
-    setups: list[RunSetup], data: list[TrainSet], w0: list[torch.Tensor], device, dtype
+    setups: list[RunSetup],
+    data: list[TrainSet],
+    w0: list[torch.Tensor],
+    device,
+    dtype,
+    check: Checkpoint = no_checkpoint,
 ) -> _Batch:
     def stack(tensors: list[torch.Tensor], dims: tuple[int, ...] = ()) -> torch.Tensor:
         padded = [_padded(t, n, dims) for t in tensors]
@@ -103,12 +109,13 @@ def _build(
     y = stack([t.y for t in data], (0,))
     lr = torch.tensor([c.lr for c in cells], device=device, dtype=dtype).view(-1, 1)
     real = stack([torch.ones(c.n) for c in cells], (0,)) > 0
+    z0 = stack([matmul_rows(w, t.x.T, check) for w, t in zip(w0, data, strict=True)], (1,))
     return _Batch(
         ids=torch.arange(len(setups), device=device),
-        z0=(z0 := stack([w @ t.x.T for w, t in zip(w0, data, strict=True)], (1,))),
+        z0=z0,
         z=z0.clone(),
         c=torch.zeros_like(z0),
-        gram=stack([t.x @ t.x.T for t in data], (0, 1)) if gram_form else None,
+        gram=stack([matmul_rows(t.x, t.x.T, check) for t in data], (0, 1)) if gram_form else None,
         x=None if gram_form else stack([t.x for t in data]),
         w=None if gram_form else stack(w0),
         y=y,
@@ -211,7 +218,7 @@ def train_batch(
     if len(keys) != 1:
         raise ValueError(f"runs of one batch must share a shape key; got {sorted(map(str, keys))}")
 
-    def result_of(setup, train, w, f, steps, reason, trajectory) -> dict[str, Any]:
+    def result_of(setup, train, w, f, steps, reason, trajectory, check) -> dict[str, Any]:
         return run_result(
             setup.cell,
             setup.seed,
@@ -220,9 +227,11 @@ def train_batch(
             f[: setup.cell.n],
             steps,
             reason,
-            max_margin_baseline=max_margin_baseline,
+            # A cancelled run skips the baseline (max_margin null): it would hold the cancel up.
+            max_margin_baseline=max_margin_baseline and reason != "cancelled",
             rule=theory,
             trajectory=trajectory,
+            check=check,
         )
 
     reporter = Reporter(result_of, on_run_done, on_runs_done, should_cancel, CANCEL_POLL_SECONDS)
@@ -241,10 +250,14 @@ def _train_batched(
     record_every: int | None,
     reporter: Reporter,
 ) -> bool:
-    """All runs as one batched tensor program on `device`, stepped in lockstep."""
-    data = [make_train_set(s.cell, s.seed) for s in setups]
-    w0 = [init_weights(s.cell, s.seed) for s in setups]
-    b = _build(setups, data, w0, device, dtype)
+    """All runs as one batched tensor program on `device`, stepped in lockstep. A cancel while
+    the data and products are built ends the batch with no run reported."""
+    try:
+        data = [make_train_set(s.cell, s.seed, reporter.check) for s in setups]
+        w0 = [init_weights(s.cell, s.seed, reporter.check) for s in setups]
+        b = _build(setups, data, w0, device, dtype, reporter.check)
+    except Stopped:
+        return True
     a = outer_weights(setups[0].cell.width, dtype, device)
     w0_sq = torch.stack([w.pow(2).sum() for w in w0]).to(device=device, dtype=dtype)
     trajectories: list[list[dict[str, float]] | None] = [
@@ -259,7 +272,9 @@ def _train_batched(
         for row, reason in zip(rows, reasons, strict=True):
             i = int(b.ids[row])
             w = _weights(b, row, w0[i], data[i])
-            run = reporter.result_of(setups[i], data[i], w, f[row], step, reason, trajectories[i])
+            run = reporter.result_of(
+                setups[i], data[i], w, f[row], step, reason, trajectories[i], no_checkpoint
+            )
             finished.append((setups[i], run))
         reporter.report(finished)
 

@@ -35,7 +35,8 @@ class JobNotFound(ApiError):
     status_code = 404
 
     def __init__(self, job_id: str) -> None:
-        super().__init__(f"no job with id {job_id!r}")
+        shown = job_id if len(job_id) <= 64 else f"{job_id[:64]}..."
+        super().__init__(f"no job with id {shown!r}")
 
 
 class Conflict(ApiError):
@@ -62,6 +63,10 @@ def store_full(exc: BaseException) -> bool:
 
 
 class TooManyJobs(ApiError):
+    status_code = 429
+
+
+class TooManyStreams(ApiError):
     status_code = 429
 
 
@@ -102,6 +107,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        for error in exc.errors():
+            if tuple(error["loc"]) == ("path", "job_id"):  # cannot be an id: no such job
+                return _answer(404, JobNotFound(str(error["input"])).detail)
         # FastAPI's own handler echoes the offending input, and an input of NaN or 1e999 cannot
         # be written as JSON: it would turn a 422 into a 500.
         return JSONResponse({"detail": finite(jsonable_encoder(exc.errors()))}, status_code=422)

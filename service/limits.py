@@ -5,7 +5,8 @@
   (a hostile 10^8-cell grid never expands); bounds on n, d, width, n_test, seeds, max_steps and
   seed, checked on the raw body and again on every resolved cell, after pydantic's coercion, so
   they hold for any JSON spelling of a number ("6000", 6000.0, 6e3, inside grids); then the cost
-  model's estimates (`bo_engine.cost`): work, peak memory of a batch, work of one GD step,
+  model's estimates (`bo_engine.cost`): work, peak memory of a batch, work of one stage no cancel
+  can interrupt,
   trajectory points per run and result size. Over a bound: 422 naming the bound and the value.
 - Per key: at most `BOLAB_MAX_ACTIVE_JOBS` queued+running jobs (429, checked atomically by the
   job store when the job is created).
@@ -186,9 +187,10 @@ def _over_costs(spec: JobSpec, s: Settings) -> list[str]:
         (cost.work, s.max_cost, "estimated work", "max_cost", "units", "lower max_steps, seeds "
          "or the grid"),
         (cost.peak_batch_bytes, s.max_batch_bytes, "estimated peak memory of one batch",
-         "max_batch_bytes", "bytes", "lower n, d, n_test or seeds"),
-        (cost.max_step_work, s.max_step_work, "estimated work of one GD step", "max_step_work",
-         "units", "lower width or n"),
+         "max_batch_bytes", "bytes", "lower n, d, width, n_test or seeds"),
+        (cost.max_stage_work, s.max_stage_work, "estimated work of one uninterruptible stage "
+         "(a GD step, or the baseline's NNLS)", "max_stage_work", "units", "lower width or n, "
+         "or set max_margin_baseline to false"),
         (cost.max_trajectory_points, s.max_trajectory_points, "trajectory points per run",
          "max_trajectory_points", "points", "raise record_every or lower max_steps"),
         (cost.result_bytes, s.max_result_bytes, "estimated result size", "max_result_bytes",

@@ -13,8 +13,9 @@ from fastapi import FastAPI
 import bo_engine
 from service import errors, live, metrics
 from service.auth import AUTH_RESPONSES
+from service.browser import LoopbackHostOnly, SecurityHeaders
 from service.limits import BodyLimit
-from service.routes import events, health, jobs, ui
+from service.routes import docs, events, health, jobs, ui
 from worker.settings import Settings, get_settings
 from worker.store import JobStore
 
@@ -47,14 +48,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=lifespan,
+        docs_url=None,  # service.routes.docs serves Swagger UI from the installed package
+        redoc_url=None,
     )
+    app.state.settings = settings
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(LoopbackHostOnly, settings=settings)
+    app.add_middleware(SecurityHeaders)  # on every answer, the 400 of a refused Host included
     metrics.install(app)  # outermost: counts every answer, 413s included
     app.include_router(jobs.router)
     app.include_router(events.router, responses=AUTH_RESPONSES)
     app.include_router(health.router)
     ui.install(app)
+    docs.install(app)
     return app
 
 

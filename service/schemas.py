@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from worker.events import progress_data
-from worker.store import JobRecord, JobStatus, Progress
+from worker.store import JOB_ID_PATTERN, JobRecord, JobStatus, Progress
 
 JOB_ID_EXAMPLE = "0193a1b2c3d4e5f60718"
+# The `{job_id}` of every route: anything but a job id answers 404 (service.errors), like an
+# id of no job, before it reaches the store.
+JobId = Annotated[
+    str,
+    Path(
+        pattern=JOB_ID_PATTERN,
+        description="job id, as returned by POST /v1/jobs (20 lowercase hex digits)",
+        examples=[JOB_ID_EXAMPLE],
+    ),
+]
 
 
 LINKS_EXAMPLE = {

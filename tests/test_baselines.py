@@ -10,6 +10,7 @@ import torch
 from scipy.optimize import minimize
 
 from bo_engine.baselines import max_margin_classifier
+from bo_engine.chunks import Stopped
 from bo_engine.data import make_test_set, make_train_set
 from bo_engine.spec import JobSpec
 
@@ -163,3 +164,19 @@ def test_random_separable_set_with_d_below_n(n: int, d: int) -> None:
     assert result["norm"] == pytest.approx(float(np.linalg.norm(w_ref)), rel=1e-4)
     ref_error = float(np.mean(np.sign(x_test.numpy() @ w_ref) != clean.numpy()))
     assert result["test_error"] == pytest.approx(ref_error, abs=2 / 300)
+
+
+@pytest.mark.parametrize("d", [60, 20])  # NNLS alone; NNLS fails, then L-BFGS-B (d < n)
+def test_a_stop_ends_the_solve_at_its_next_stage(d: int) -> None:
+    cell = JobSpec(n=40, d=d, gamma=0.1, corruption_rate=0.2, n_test=10).cells[0]
+    train = make_train_set(cell, 0)
+    calls: list[int] = []
+
+    def check() -> None:
+        calls.append(1)
+        if len(calls) > 1:
+            raise Stopped
+
+    with pytest.raises(Stopped):
+        max_margin_classifier(train.x, train.y, check)
+    assert len(calls) == 2

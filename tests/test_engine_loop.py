@@ -9,7 +9,6 @@ and that the iterates equal the batched `_step`'s.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,7 @@ import torch
 
 import bo_engine.loop as loop_mod
 from bo_engine.data import make_train_set
-from bo_engine.loop import LoopRun, one_thread_per_run, train_run
+from bo_engine.loop import CALL_SECONDS, LoopRun, next_budget, one_thread_per_run, train_run
 from bo_engine.model import init_weights, outer_weights
 from bo_engine.spec import JobSpec
 from bo_engine.train import RunSetup, _build, _outputs, _step
@@ -27,15 +26,6 @@ from tests.engine_helpers import force_batched_path, train_runs
 F64 = torch.float64
 CPU = torch.device("cpu")
 STEPS = 200
-
-
-@pytest.fixture
-def two_threads() -> Iterator[None]:
-    """Runs train two at a time, even where the suite runs torch single-threaded (make test)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
 
 
 def one_run(n: int, d: int, width: int, alpha: float, seed: int = 0):
@@ -164,3 +154,30 @@ def test_overlapping_batches_restore_the_thread_settings_once_both_are_done() ->
     assert torch.get_num_threads() == 1  # the second batch is still training
     second.__exit__(None, None, None)
     assert torch.get_num_threads() == before
+
+
+def test_the_loop_paces_its_calls_to_a_tenth_of_a_second() -> None:
+    """Steps per call follow the time of the last call: up at most fourfold a call, down at once,
+    never below one step."""
+    assert next_budget(1, 1, 1e-6) == 4  # fast steps: grow, but at most fourfold
+    assert next_budget(1000, 1000, CALL_SECONDS) == 1000  # on target: keep
+    assert next_budget(1000, 1000, 10 * CALL_SECONDS) == 100  # ten times too slow: cut tenfold
+    assert next_budget(5, 5, 60.0) == 1  # one step takes longer than a call should: one a call
+    assert next_budget(7, 0, 0.0) == 7  # nothing was taken: nothing learned
+
+
+def test_a_stop_reaches_a_run_of_slow_steps_within_a_call() -> None:
+    """Steps of tens of milliseconds each: a stop set 0.3 s in ends the run long before the 1000
+    steps between two resyncs (which used to be one call of the loop)."""
+    cell, train, w0 = one_run(400, 400, 256, 0.1)
+    cell = cell.model_copy(update={"lr": 1e-12})  # every point stays active: every step is dear
+    run = LoopRun.build(train.x, train.y, w0, cell.lr, cell.alpha, F64)
+    stop = threading.Event()
+    timer = threading.Timer(0.3, stop.set)
+    timer.start()
+    kwargs = {"max_steps": 10_000, "zero_loss": True, "record_every": None, "record": print}
+    try:
+        steps, reached = train_run(run, **kwargs, stop=stop)
+    finally:
+        timer.cancel()
+    assert not reached and 0 < steps < 500

@@ -46,12 +46,16 @@ def _detail(response: httpx.Response) -> str:
             ["estimated work 1.8e+16 units", "max_cost = 1e+15"],
         ),
         (
-            {"n": 5000, "d": 100_000, "width": 2, "max_steps": 1, "max_margin_baseline": False},
-            ["estimated peak memory of one batch 1.86e+10 bytes", "max_batch_bytes = 8.59e+09"],
+            {"n": 100, "d": 100_000, "width": 4096, "max_steps": 1, "n_test": 1},
+            ["estimated peak memory of one batch 1.46e+10 bytes", "max_batch_bytes = 8.59e+09"],
         ),
         (
-            {"n": 5000, "d": 1250, "width": 512, "max_steps": 1},
-            ["estimated work of one GD step 2.25e+10 units", "max_step_work = 4e+09"],
+            {"n": 5000, "d": 1250, "width": 512, "max_steps": 1, "max_margin_baseline": False},
+            ["uninterruptible stage (a GD step", "2.25e+10 units", "max_stage_work = 1e+10"],
+        ),
+        (
+            {"n": 2000, "d": 4000, "max_steps": 1},
+            ["uninterruptible stage", "9.6e+10 units", "max_stage_work", "max_margin_baseline"],
         ),
         (
             {**TINY, "record_every": 1, "max_steps": 10**6},

@@ -8,6 +8,8 @@ import pytest
 
 from bolab.client import LabClient
 from tests.helpers import TINY
+from worker import keys
+from worker.store import JobStore
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -91,12 +93,55 @@ def test_hostile_bodies_are_4xx(lab: LabClient, body: bytes, content_type: str) 
     assert "detail" in response.json()
 
 
+def _malformed_ids(job_id: str) -> list[str]:
+    """Ids that name other keys of a real job, or no job at all (as sent on the wire)."""
+    return [
+        f"{job_id}:cells",
+        f"{job_id}:summaries",
+        f"{job_id}:events",
+        f"{job_id}:lease:plan",
+        f"{job_id}:cancel",
+        job_id.upper(),
+        f"{job_id}0",
+        "a" * 5000,
+        "%E2%9C%93" * 3,
+        "%00",
+        f"{job_id}%00",
+        f"{job_id}%20",
+    ]
+
+
+def test_malformed_job_ids_are_404(lab: LabClient, store: JobStore) -> None:
+    """A path that is not a job id never reaches the store: 404 like an unknown id, never a 5xx
+    (a job's other keys, `<id>:cells` and the like, would be read as its record)."""
+    job_id = lab.submit(TINY)["id"]
+    lab.wait(job_id, timeout=60)
+    store.redis.set(keys.lease(job_id, "plan"), "worker")  # as while a worker plans it
+    store.redis.set(keys.cancel(job_id), "1")
+    try:
+        for bad in _malformed_ids(job_id):
+            for method, path in [
+                ("GET", "/v1/jobs/{id}"),
+                ("GET", "/v1/jobs/{id}/results"),
+                ("GET", "/v1/jobs/{id}/plot.png"),
+                ("GET", "/v1/jobs/{id}/events"),
+                ("POST", "/v1/jobs/{id}/cancel"),
+                ("DELETE", "/v1/jobs/{id}"),
+            ]:
+                response = lab.http.request(method, path.format(id=bad))
+                assert response.status_code == 404, (method, path, bad[:80], response.text)
+                assert "no job" in response.json()["detail"]
+    finally:
+        store.redis.delete(keys.lease(job_id, "plan"), keys.cancel(job_id))
+    assert lab.status(job_id)["status"] == "succeeded"  # nothing was changed
+
+
 @pytest.mark.parametrize(
     ("method", "path", "allowed"),
     [
         ("OPTIONS", "/v1/jobs", "GET, POST"),
-        ("PUT", "/v1/jobs/0123abcd", "GET, DELETE"),
-        ("GET", "/v1/jobs/0123abcd/cancel", "POST"),
+        ("PUT", "/v1/jobs/0123456789abcdef0123", "GET, DELETE"),
+        ("GET", "/v1/jobs/0123456789abcdef0123/cancel", "POST"),
     ],
 )
 def test_405_names_every_method_of_the_path(

@@ -6,6 +6,8 @@ first step at which every y_i f(x_i) >= 1; either way at most max_steps steps.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,7 +15,8 @@ import torch
 
 import bo_engine.loop as loop_mod
 import bo_engine.train as train_mod
-from bo_engine.data import TrainSet
+from bo_engine.chunks import Checkpoint, no_checkpoint
+from bo_engine.data import TrainSet, make_train_set
 from bo_engine.model import network_output
 from bo_engine.spec import Cell, JobSpec
 from bo_engine.train import RunSetup
@@ -62,13 +65,13 @@ def hand_cell(n: int, stop: str, max_steps: int) -> Cell:
 
 @pytest.fixture
 def hand_data(monkeypatch: pytest.MonkeyPatch) -> None:
-    def train_set(cell: Cell, seed: int) -> TrainSet:
+    def train_set(cell: Cell, seed: int, check: Checkpoint = no_checkpoint) -> TrainSet:
         half = cell.n // 2
         y = torch.tensor([1.0] * half + [-1.0] * half, dtype=F64)
         v = torch.ones(1, dtype=F64)
         return TrainSet(y[:, None].clone(), y, y.clone(), torch.zeros(cell.n, dtype=bool), v)
 
-    def weights(cell: Cell, seed: int) -> torch.Tensor:
+    def weights(cell: Cell, seed: int, check: Checkpoint = no_checkpoint) -> torch.Tensor:
         return torch.tensor([[-1.0], [0.0]], dtype=F64)
 
     for module in (train_mod, loop_mod):  # each training path draws its runs' data itself
@@ -232,15 +235,51 @@ def test_trajectory_on_hand_made_data() -> None:
         assert point["normalized_margin"] == pytest.approx(margin / norm, rel=1e-12, abs=1e-15)
 
 
-def test_cancel_stops_every_run_with_reason_cancelled(monkeypatch) -> None:
+def endless_cell() -> Cell:
+    """A step size that never reaches zero loss: a run trains until it is stopped."""
+    return data_cell(40, "zero_loss", 100_000_000).model_copy(update={"lr": 1e-12})
+
+
+def cancel_after(seconds: float) -> Callable[[], bool]:
+    deadline = time.monotonic() + seconds
+    return lambda: time.monotonic() > deadline
+
+
+@pytest.mark.usefixtures("two_threads")
+def test_cancel_stops_every_training_run_with_reason_cancelled(monkeypatch) -> None:
     monkeypatch.setattr(train_mod, "CANCEL_POLL_SECONDS", 0.0)
-    # A step size that never reaches zero loss: in the compiled loop a normal run can finish its
-    # first 1000-step stretch before the cancel lands, and then it rightly reports zero_loss.
-    cell = data_cell(40, "zero_loss", 100_000).model_copy(update={"lr": 1e-12})
+    setups = [RunSetup(s, endless_cell(), s) for s in range(2)]
+    # Both runs train (they each have a thread, or share the batched program) when it lands.
     finished, cancelled = train_runs(
-        [RunSetup(s, cell, s) for s in range(2)], should_cancel=lambda: True
+        setups, should_cancel=cancel_after(0.5), max_margin_baseline=True
     )
     results = {setup.cell_index: result for setup, result in finished}
     assert cancelled is True
     assert [results[s]["stop_reason"] for s in range(2)] == ["cancelled", "cancelled"]
-    assert all(results[s]["steps"] < 100_000 for s in range(2))
+    assert all(0 < results[s]["steps"] < 100_000_000 for s in range(2))
+    # The baseline of a cancelled run is skipped, not solved while the cancel waits.
+    assert [results[s]["max_margin"] for s in range(2)] == [None, None]
+
+
+def test_runs_not_yet_training_when_the_cancel_lands_never_start(monkeypatch, engine_path) -> None:
+    """The compiled loop trains as many runs at once as torch has threads; after a cancel the
+    runs still queued draw no data and report nothing. The batched path prepares every run
+    before its first step, so there every run is training, and each ends "cancelled"."""
+    monkeypatch.setattr(train_mod, "CANCEL_POLL_SECONDS", 0.0)
+    drawn: list[int] = []
+
+    def counted(cell: Cell, seed: int, *check: Checkpoint) -> TrainSet:
+        drawn.append(seed)
+        return make_train_set(cell, seed, *check)
+
+    for module in (train_mod, loop_mod):
+        monkeypatch.setattr(module, "make_train_set", counted)
+    setups = [RunSetup(s, endless_cell(), s) for s in range(12)]
+    finished, cancelled = train_runs(setups, should_cancel=cancel_after(0.5))
+    assert cancelled is True
+    assert sorted(setup.seed for setup, _ in finished) == sorted(drawn)
+    assert all(result["stop_reason"] == "cancelled" for _, result in finished)
+    if engine_path == "compiled_loop":
+        assert 0 < len(drawn) <= max(torch.get_num_threads(), 1) < len(setups)
+    else:
+        assert len(drawn) == len(setups)

@@ -50,6 +50,8 @@ def page(browser: Browser, lab: LabClient) -> Iterator[Page]:
     problems: list[str] = []
     tab.on("pageerror", lambda exc: problems.append(str(exc)))
     tab.on("requestfailed", lambda r: problems.append(f"{r.url}: {r.failure}"))
+    # Anything the page's Content-Security-Policy refused (Chromium reports it on the console).
+    tab.on("console", lambda m: problems.append(m.text) if "Security Policy" in m.text else None)
     yield tab
     context.close()
     # The page loads only from the API (no CDN); aborted streams on navigation are fine.
@@ -135,3 +137,15 @@ def test_delete_from_the_job_page(page: Page, lab: LabClient) -> None:
     with pytest.raises(LabError) as gone:
         lab.status(job_id)
     assert gone.value.status_code == 404
+
+
+def test_docs_render_from_the_api_alone(page: Page, lab: LabClient) -> None:
+    """Swagger UI, served by the API under its CSP, draws every operation of the document."""
+    base = str(lab.http.base_url).rstrip("/")
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
+    page.goto(f"{base}/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("bolab lab service")
+    operations = sum(len(ops) for ops in lab.http.get("/openapi.json").json()["paths"].values())
+    expect(page.locator(".opblock")).to_have_count(operations, timeout=30_000)
+    assert all(url.startswith((base, "data:")) for url in requested), requested

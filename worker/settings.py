@@ -50,8 +50,11 @@ class Settings(BaseSettings):
     max_batch_bytes: int = Field(
         8 << 30, ge=1, description="bound on the estimated peak memory of one batch (bytes)"
     )
-    max_step_work: float = Field(
-        4e9, gt=0, description="bound on one GD step of one run (units; ~0.5 s on one core)"
+    max_stage_work: float = Field(
+        1e10,
+        gt=0,
+        description="bound on the costliest stage no cancel can interrupt: one GD step of a "
+        "run, or its max-margin baseline's NNLS solve (units; about a second on one core)",
     )
     max_trajectory_points: int = Field(
         10_000, ge=2, description="bound on trajectory points per run (max_steps / record_every)"
@@ -114,6 +117,24 @@ class Settings(BaseSettings):
         description="memory cap of the Redis `bolab up` starts (Redis units: 512mb, 2gb; 0 = "
         "none); when full it evicts nothing and submissions answer 503. docker-compose.yml "
         "reads the same variable",
+    )
+    # --- the HTTP edge: event stream caps, probes under load (see service.capacity) ---------
+    max_streams_per_key: int = Field(
+        10, ge=1, description="event streams one key may hold open per API process; more: 429"
+    )
+    max_streams: int = Field(
+        100,
+        ge=1,
+        description="event streams per API process, all keys together; more: 503 (the streams' "
+        "own Redis pool has this many connections, apart from the one short requests use)",
+    )
+    # Building results is Python work under the GIL: more threads add little throughput, and
+    # each one more makes the event loop (probes, streams, every request) wait longer for it.
+    max_result_renders: int = Field(
+        1,
+        ge=1,
+        description="results and figures built at once per API process; more wait their turn "
+        "(keeps the event loop and the shared thread pool free for every other request)",
     )
 
     # --- job lifecycle: deletion and retention (see worker.store.JobStore.delete) ----------

@@ -161,6 +161,10 @@ class IdempotentReplay(Exception):
         self.job_id, self.same_body = job_id, same_body
 
 
+# What `new_job_id` makes: anything else names no job (and must never reach a Redis key name).
+JOB_ID_PATTERN = r"^[0-9a-f]{20}$"
+
+
 def new_job_id() -> str:
     """Fixed-width hex: 12 digits of milliseconds, then 8 random; sorts by creation time."""
     return f"{time_prefix(time.time())}{secrets.token_hex(4)}"

@@ -6,6 +6,9 @@ client) resumes right after the last event seen, with nothing lost or repeated. 
 closes after the `end` event. Should a process die between a job's terminal status and its
 `end` event, the route notices the terminal status whenever the stream is idle and ends anyway
 (so does a resume after the `end`).
+
+Each open stream takes a slot of `service.capacity` (per key and per process) and holds one
+connection of the streams' own Redis pool; it gives both back however it ends.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import WithJsonSchema
 
 from service.auth import CallerDep
+from service.capacity import SlotStreamingResponse, StreamSlotsDep
 from service.errors import JobNotFound
-from service.schemas import ErrorBody, finite
+from service.schemas import ErrorBody, JobId, finite
 from worker import events, keys
 from worker.settings import get_settings
 from worker.store import TERMINAL
@@ -49,7 +53,7 @@ def _sse(entry_id: str, kind: str, data: str) -> str:
 
 
 async def _follow(request: Request, job_id: str, after: str) -> AsyncIterator[str]:
-    client = request.app.state.aredis
+    client = request.app.state.stream_redis
     key = keys.events(job_id)
     keepalive_ms = int(get_settings().sse_keepalive_s * 1000)
     yield "retry: 1000\n\n"  # browsers reconnect after 1 s, sending Last-Event-ID
@@ -92,12 +96,19 @@ async def _follow(request: Request, job_id: str, after: str) -> AsyncIterator[st
     responses={
         200: {"content": {"text/event-stream": {"example": EXAMPLE}}},
         404: {"model": ErrorBody, "description": "no job with this id"},
+        429: {"model": ErrorBody, "description": "this key has the most event streams allowed"},
+        503: {
+            "model": ErrorBody,
+            "description": "this API process serves the most event streams it allows, or "
+            "Redis is unreachable",
+        },
     },
 )
 async def job_events(
     request: Request,
     caller: CallerDep,
-    job_id: Annotated[str, Path(description="job id, as returned by POST /v1/jobs")],
+    slots: StreamSlotsDep,
+    job_id: JobId,
     last_event_id: Annotated[
         str | None,
         Header(alias="Last-Event-ID", pattern=EVENT_ID_OR_EMPTY, description=RESUME),
@@ -114,11 +125,17 @@ async def job_events(
         ),
     ] = None,
 ) -> StreamingResponse:
-    owner = await request.app.state.aredis.hget(keys.job(job_id), "owner")
-    if owner is None or not caller.may_see(owner):
-        raise JobNotFound(job_id)
-    return StreamingResponse(
+    slot = slots.acquire(caller.owner)  # over a cap: answered before any Redis call
+    try:
+        owner = await request.app.state.aredis.hget(keys.job(job_id), "owner")
+        if owner is None or not caller.may_see(owner):
+            raise JobNotFound(job_id)
+    except BaseException:
+        slot.release()
+        raise
+    return SlotStreamingResponse(
         _follow(request, job_id, last_event_id or after or "0-0"),
+        slot,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -1,12 +1,19 @@
-"""Liveness and readiness probes (docker-compose healthchecks, load balancers, `bolab up`)."""
+"""Liveness and readiness probes (docker-compose healthchecks, load balancers, `bolab up`).
+
+Both run on the event loop (no worker thread, no blocking call): they answer at once even
+while every thread is busy building results for other clients.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import time
+
+import redis
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from service.deps import SettingsDep, StoreDep
 from service.schemas import Health
+from worker import keys
 
 router = APIRouter(tags=["health"])
 
@@ -17,7 +24,7 @@ router = APIRouter(tags=["health"])
     summary="Process is up",
     description="Answers 200 as long as the API process serves requests; touches nothing else.",
 )
-def healthz() -> Health:
+async def healthz() -> Health:
     return Health(status="ok")
 
 
@@ -29,9 +36,16 @@ def healthz() -> Health:
     "recently; 503 (same body) otherwise.",
     responses={503: {"model": Health, "description": "Redis unreachable or no live worker"}},
 )
-def readyz(store: StoreDep, settings: SettingsDep) -> JSONResponse:
-    up = store.ping()
-    workers = len(store.live_workers(settings.worker_ttl_s)) if up else 0
+async def readyz(request: Request) -> JSONResponse:
+    # From app.state, not a dependency: a sync dependency would wait for a worker thread.
+    client, settings = request.app.state.aredis, request.app.state.settings
+    try:
+        up = bool(await client.ping())
+        # Workers whose last heartbeat is recent (as `JobStore.live_workers` counts them).
+        since = time.time() - settings.worker_ttl_s
+        workers = int(await client.zcount(keys.WORKERS, since, "+inf"))
+    except redis.RedisError:
+        up, workers = False, 0
     ready = up and workers > 0
     body = Health(status="ready" if ready else "not ready", redis=up, workers=workers)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

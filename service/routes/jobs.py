@@ -7,20 +7,21 @@ import json
 import threading
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Header, Query, Response
 
 from bo_engine.plan import assemble_result
 from bo_engine.results import cells_to_csv
 from bo_engine.spec import JobSpec
 from service import webhook_targets, webhooks
 from service.auth import AUTH_RESPONSES, Caller, CallerDep
+from service.capacity import RendersDep, render
 from service.deps import EnqueueDep, SettingsDep, StoreDep
 from service.errors import Conflict, JobNotFound, TooManyJobs, Unavailable
 from service.limits import BoundedJobSpec, require_json
 from service.schemas import (
     ErrorBody,
     JobAccepted,
+    JobId,
     JobPage,
     JobResult,
     JobView,
@@ -46,7 +47,6 @@ router = APIRouter(
     responses=AUTH_RESPONSES,
 )
 
-JobId = Annotated[str, Path(description="job id, as returned by POST /v1/jobs")]
 NOT_FOUND = {404: {"model": ErrorBody, "description": "no job with this id (that you may see)"}}
 RETRY_AFTER_S = 10  # a hint: small jobs finish in seconds, the queue drains meanwhile
 NOT_READY = {409: {"model": ErrorBody, "description": "the job has no results yet"}}
@@ -250,16 +250,37 @@ def get_job(job_id: JobId, store: StoreDep, caller: CallerDep) -> JobView:
         **NOT_READY,
     },
 )
-def get_results(
+async def get_results(
     job_id: JobId,
     store: StoreDep,
     caller: CallerDep,
+    renders: RendersDep,
     format: Annotated[Literal["json", "csv"], Query(description="json or csv")] = "json",
 ) -> Response:
+    return await render(renders, _results_response, store, job_id, caller, format)
+
+
+def _results_response(store: JobStore, job_id: str, caller: Caller, format: str) -> Response:
     result = _result(store, _job(store, job_id, caller))
     if format == "csv":
         return Response(cells_to_csv(result["cells"]), media_type="text/csv")
-    return JSONResponse(finite(result))
+    return _result_json(result)
+
+
+def _result_json(result: dict[str, Any]) -> Response:
+    """The result as JSON, encoded one cell at a time: the C encoder holds the GIL for a whole
+    call, and one call over a document of tens of MB would stall every other request of the
+    process (health probes included) for as long."""
+    rest = _json({key: value for key, value in result.items() if key != "cells"})
+    cells = b",".join(_json(cell) for cell in result["cells"])
+    tail = b"," + rest[1:] if len(rest) > 2 else b"}"
+    return Response(b'{"cells":[' + cells + b"]" + tail, media_type="application/json")
+
+
+def _json(value: Any) -> bytes:
+    """As JSONResponse writes it; NaN and infinities as null."""
+    text = json.dumps(finite(value), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return text.encode()
 
 
 @router.get(
@@ -271,10 +292,11 @@ def get_results(
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}, **NOT_FOUND, **NOT_READY},
 )
-def get_plot(
+async def get_plot(
     job_id: JobId,
     store: StoreDep,
     caller: CallerDep,
+    renders: RendersDep,
     kind: Annotated[
         Literal["auto", "heatmap", "lines"],
         Query(description="auto: a heatmap for two swept axes with many values, else lines"),
@@ -283,8 +305,13 @@ def get_plot(
         bool, Query(description="draw a running job's cells finished so far (else 409)")
     ] = False,
 ) -> Response:
-    job = _job(store, job_id, caller)
-    result = _result(store, job, partial)
+    return await render(renders, _plot_response, store, job_id, caller, kind, partial)
+
+
+def _plot_response(
+    store: JobStore, job_id: str, caller: Caller, kind: str, partial: bool
+) -> Response:
+    result = _result(store, _job(store, job_id, caller), partial)
     from bo_engine.plots import figure_png  # matplotlib: loaded on the first plot only
 
     with _plot_lock:

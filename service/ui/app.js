@@ -39,6 +39,8 @@ function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
     if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    // Through the CSSOM: the page's CSP refuses inline style attributes.
+    else if (k === "style") node.style.cssText = v;
     else if (v !== null && v !== undefined) node.setAttribute(k, v);
   }
   for (const child of children.flat()) {
@@ -190,7 +192,7 @@ async function jobPage(id) {
     catch (error) { alert(error.message); remove.disabled = false; }
   } }, "Delete job");
   const error = el("p", { class: "error", id: "job-error" });
-  let plotBusy = false, plotAgain = false, plotUrl = null;
+  let plotBusy = false, plotAgain = false, plotUrl = null, plotRetried = -1;
 
   function setProgress(p) {
     progress.replaceChildren(bar(p.fraction, true));
@@ -229,7 +231,14 @@ async function jobPage(id) {
       plot.src = plotUrl;
       plot.dataset.cells = String(cells);
       plotNote.textContent = TERMINAL.includes(job.status) ? "" : "live: redrawn as cells finish";
-    } catch (_) { /* no cells yet, or not drawable */ }
+    } catch (_) {
+      // No cells yet, or not drawable; or a cell's event came a moment before its results
+      // were stored: one more try for these cells, shortly.
+      if (!TERMINAL.includes(job.status) && cells && plotRetried !== cells) {
+        plotRetried = cells;
+        setTimeout(refreshPlot, 1000);
+      }
+    }
     plotBusy = false;
     if (plotAgain) { plotAgain = false; refreshPlot(); }
   }
