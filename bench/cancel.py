@@ -114,8 +114,8 @@ def main() -> None:
         cost = job_cost(spec, parallel_runs=bounds.max_parallel_runs)
         print(
             f"{name}: estimated peak {cost.peak_batch_bytes / 2**30:.1f} GiB "
-            f"(bound {bounds.max_batch_bytes / 2**30:.0f}), one step {cost.max_step_work:.2g} "
-            f"units (bound {bounds.max_step_work:.2g}), work {cost.work:.2g} units (bound "
+            f"(bound {bounds.max_batch_bytes / 2**30:.0f}), one stage {cost.max_stage_work:.2g} "
+            f"units (bound {bounds.max_stage_work:.2g}), work {cost.work:.2g} units (bound "
             f"{bounds.max_cost:.2g})"
         )
         for delay in delays:

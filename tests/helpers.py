@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bolab.client import TERMINAL, LabClient
 from bolab.stack import ApiServer, RedisServer
 
 T = TypeVar("T")
@@ -28,6 +29,16 @@ def eventually(probe: Callable[[], T | None], timeout: float = 30.0, every: floa
             return value
         time.sleep(every)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+def ended(client: LabClient, job_id: str, timeout: float) -> dict[str, Any]:
+    """Poll the job's status until it is terminal (not the event stream: the tests that use this
+    are about what happens to the job, not how it is told)."""
+    return eventually(
+        lambda: (job := client.status(job_id))["status"] in TERMINAL and job,
+        timeout=timeout,
+        every=0.2,
+    )
 
 
 def assert_numbers_equal(a: Any, b: Any, path: str = "", rel: float = 1e-12) -> None:

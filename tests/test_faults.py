@@ -21,9 +21,9 @@ import httpx
 import pytest
 import redis
 
-from bolab.client import TERMINAL, LabClient
+from bolab.client import LabClient
 from bolab.stack import ApiServer, RedisServer, WorkerProcess
-from tests.helpers import ENDLESS, TINY, eventually
+from tests.helpers import ENDLESS, TINY, ended, eventually
 from worker import keys
 from worker.reaper import broker_view
 from worker.store import JobStore
@@ -82,15 +82,6 @@ def fault_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     lab.stop()
 
 
-def finished(lab: Lab, job_id: str, timeout: float) -> dict:
-    """Poll the job's status (the event stream is not what these tests are about)."""
-    return eventually(
-        lambda: (job := lab.client.status(job_id))["status"] in TERMINAL and job,
-        timeout=timeout,
-        every=0.2,
-    )
-
-
 def assert_complete(lab: Lab, job_id: str, spec: dict) -> None:
     """Every cell present once, each with exactly its seeds, once each."""
     result = lab.client.results(job_id)
@@ -117,7 +108,7 @@ def test_worker_sigkill_mid_batch_loses_nothing(fault_lab: Lab) -> None:
         # within lease 3 + grace 3 + lock 1.5 + sweep 0.5 s of the kill / of a worker being up.
         eventually(lambda: all_units_live(r, job_id), timeout=10, every=0.2)
         back = time.monotonic() - max(available, killed_at + 8)
-        job = finished(lab, job_id, 120)  # then training, which a loaded CI box makes slow
+        job = ended(lab.client, job_id, 120)  # then training, which a loaded CI box makes slow
         assert job["status"] == "succeeded", job.get("error")
         attempts = r.hgetall(keys.attempts(job_id))
     assert back < 2.0, f"batches back {back:.1f} s after the bound"
@@ -143,7 +134,7 @@ def test_batch_over_its_time_limit_fails_its_job(fault_lab: Lab) -> None:
     lab.worker.start()
     try:
         job_id = lab.client.submit(ENDLESS)["id"]
-        job = finished(lab, job_id, 30)
+        job = ended(lab.client, job_id, 30)
         assert job["status"] == "failed"
         assert job["error"] == "batch 0 ran over its time limit of 2 s"
     finally:
@@ -162,7 +153,7 @@ def test_job_held_by_a_dead_worker_fails_after_max_attempts(fault_lab: Lab) -> N
         lab.worker.kill()
         lab.worker = lab.new_worker()
         lab.worker.start()
-        job = finished(lab, job_id, 30)
+        job = ended(lab.client, job_id, 30)
     assert job["status"] == "failed"
     assert "batch 0 was started 99 times and never finished" in job["error"]
 
@@ -170,7 +161,7 @@ def test_job_held_by_a_dead_worker_fails_after_max_attempts(fault_lab: Lab) -> N
 def test_redis_restart_keeps_everything_and_workers_keep_consuming(fault_lab: Lab) -> None:
     lab = fault_lab
     done = lab.client.submit(TINY)["id"]
-    assert finished(lab, done, 60)["status"] == "succeeded"
+    assert ended(lab.client, done, 60)["status"] == "succeeded"
     before = lab.client.results(done)
     busy = lab.client.submit(STEADY)["id"]  # occupies the one worker ...
     queued = [lab.client.submit({**TINY, "seed": s})["id"] for s in range(3)]  # ... these wait
@@ -182,11 +173,11 @@ def test_redis_restart_keeps_everything_and_workers_keep_consuming(fault_lab: La
     assert lab.worker.alive and lab.worker.proc and lab.worker.proc.pid == worker_pid
     assert lab.client.results(done) == before  # records and results survived
     for job_id in [busy, *queued]:
-        job = finished(lab, job_id, 90)
+        job = ended(lab.client, job_id, 90)
         assert job["status"] == "succeeded", (job_id, job.get("error"))
     assert_complete(lab, busy, STEADY)
     after = lab.client.submit({**TINY, "seed": 99})["id"]  # the same worker takes new work
-    assert finished(lab, after, 60)["status"] == "succeeded"
+    assert ended(lab.client, after, 60)["status"] == "succeeded"
     with lab.store() as r:
         assert r.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
         assert r.config_get("appendonly")["appendonly"] == "yes"
@@ -205,7 +196,7 @@ def test_api_restart_loses_and_duplicates_nothing(fault_lab: Lab) -> None:
     for idem, job in submitted.items():  # a client retrying across the restart
         again = lab.client.submit({**TINY, "seed": 40 + int(idem[-1])}, idempotency_key=idem)
         assert again["id"] == job["id"]
-        assert finished(lab, job["id"], 60)["status"] == "succeeded"
+        assert ended(lab.client, job["id"], 60)["status"] == "succeeded"
     ids = [j["id"] for j in lab.client.list(limit=200)["items"]]
     assert len(ids) == len(set(ids)) == len(listed_before)
     assert httpx.get(f"{lab.api.url}/readyz").status_code == 200
@@ -216,7 +207,7 @@ def test_job_whose_batches_all_finished_is_closed_by_the_reaper(fault_lab: Lab) 
     before closing the job leaves it running with nothing left to run; the reaper closes it."""
     lab = fault_lab
     done = lab.client.submit({**TINY, "seed": 7})["id"]
-    assert finished(lab, done, 60)["status"] == "succeeded"
+    assert ended(lab.client, done, 60)["status"] == "succeeded"
     jobs = JobStore.from_url(lab.redis.url)
     try:
         source = jobs.get(done)
@@ -237,7 +228,7 @@ def test_job_whose_batches_all_finished_is_closed_by_the_reaper(fault_lab: Lab) 
         left_at = time.monotonic()
         # Bound: the next sweep (0.5 s), or the reaper lock's lifetime (1.5 s) and a sweep
         # when the reaper changes hands; 2 s of slack for a loaded CI box.
-        job = finished(lab, job_id, 10)
+        job = ended(lab.client, job_id, 10)
         took = time.monotonic() - left_at
         ends = [e for _, e in jobs.redis.xrange(keys.events(job_id)) if e["event"] == "end"]
     finally:

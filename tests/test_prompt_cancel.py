@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from bolab.client import TERMINAL, LabClient, LabError
+from bolab.client import LabClient, LabError
 from bolab.stack import ApiServer, RedisServer, WorkerProcess
-from tests.helpers import ENDLESS, TINY, eventually
+from tests.helpers import ENDLESS, TINY, ended, eventually
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
@@ -75,14 +75,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     lab = Stack(tmp_path_factory.mktemp("prompt-cancel"))
     yield lab
     lab.stop()
-
-
-def ended(client: LabClient, job_id: str, timeout: float) -> dict:
-    return eventually(
-        lambda: (job := client.status(job_id))["status"] in TERMINAL and job,
-        timeout=timeout,
-        every=0.2,
-    )
 
 
 def training(client: LabClient, job_id: str) -> None:

@@ -6,6 +6,8 @@ import os
 import re
 import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -30,17 +32,35 @@ def _running(marker: str) -> bool:
     return False
 
 
+@contextmanager
+def bolab_up(
+    api_port: int, redis_port: int, data: Path, log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen]:
+    """`bolab up` with its output in `log`; Ctrl-C on leaving if it still runs, then a kill if
+    it does not stop within a minute."""
+    with log.open("wb") as sink:
+        up = subprocess.Popen(
+            [*BOLAB, "up", "--port", str(api_port), "--redis-port", str(redis_port),
+             "--data-dir", str(data)],
+            stdout=sink, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    try:
+        yield up
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGINT)
+        try:
+            up.wait(timeout=60)
+        finally:
+            if up.poll() is None:
+                up.kill()
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "term"])
 def test_up_runs_a_job_and_stops_cleanly(tmp_path: Path, stop_signal: int) -> None:
     api_port, redis_port = free_port(), free_port()
     log = tmp_path / "up.log"
-    with log.open("wb") as sink:
-        up = subprocess.Popen(
-            [*BOLAB, "up", "--port", str(api_port), "--redis-port", str(redis_port),
-             "--data-dir", str(tmp_path / "data")],
-            stdout=sink, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
+    with bolab_up(api_port, redis_port, tmp_path / "data", log) as up:
         url = f"http://127.0.0.1:{api_port}"
         eventually(lambda: _ready(url), timeout=90, every=0.2)
         with LabClient(url) as lab:
@@ -52,9 +72,6 @@ def test_up_runs_a_job_and_stops_cleanly(tmp_path: Path, stop_signal: int) -> No
 
         up.send_signal(stop_signal)
         assert up.wait(timeout=60) == 0, log.read_text()
-    finally:
-        if up.poll() is None:
-            up.kill()
     assert "stopped." in log.read_text()
     assert port_free(api_port) and port_free(redis_port)
     assert not _running(worker.group(1))
@@ -71,15 +88,9 @@ def _ready(url: str) -> bool:
 
 def test_up_picks_up_keys_added_while_it_runs(tmp_path: Path) -> None:
     api_port, data = free_port(), tmp_path / "data"
-    log = tmp_path / "up.log"
     env = {k: v for k, v in os.environ.items() if k not in ("BOLAB_KEYS_FILE", "BOLAB_API_KEYS")}
-    with log.open("wb") as sink:
-        up = subprocess.Popen(
-            [*BOLAB, "up", "--port", str(api_port), "--redis-port", str(free_port()),
-             "--data-dir", str(data)],
-            stdout=sink, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-    try:
+    log = tmp_path / "up.log"
+    with bolab_up(api_port, free_port(), data, log, env):
         url = f"http://127.0.0.1:{api_port}"
         eventually(lambda: _ready(url), timeout=90, every=0.2)
         assert "no API keys configured" in log.read_text().replace("\n", " ")
@@ -91,13 +102,6 @@ def test_up_picks_up_keys_added_while_it_runs(tmp_path: Path) -> None:
         key = added.stdout.strip()
         assert eventually(lambda: httpx.get(f"{url}/v1/jobs").status_code == 401, timeout=5)
         assert httpx.get(f"{url}/v1/jobs", headers={"X-API-Key": key}).status_code == 200
-    finally:
-        up.send_signal(signal.SIGINT)
-        try:
-            up.wait(timeout=60)
-        finally:
-            if up.poll() is None:
-                up.kill()
 
 
 def test_up_locks_its_redis(tmp_path: Path) -> None:
@@ -106,13 +110,7 @@ def test_up_locks_its_redis(tmp_path: Path) -> None:
     api_port, redis_port, data = free_port(), free_port(), tmp_path / "data"
     log = tmp_path / "up.log"
     env = {**os.environ, "BOLAB_REDIS_MAXMEMORY": "256mb"}
-    with log.open("wb") as sink:
-        up = subprocess.Popen(
-            [*BOLAB, "up", "--port", str(api_port), "--redis-port", str(redis_port),
-             "--data-dir", str(data)],
-            stdout=sink, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-    try:
+    with bolab_up(api_port, redis_port, data, log, env):
         url = f"http://127.0.0.1:{api_port}"
         eventually(lambda: _ready(url), timeout=90, every=0.2)  # API and worker reach Redis
         password_file = data / "redis" / "password"
@@ -124,12 +122,5 @@ def test_up_locks_its_redis(tmp_path: Path) -> None:
             anonymous.ping()
         with redis.Redis(port=redis_port, password=password, decode_responses=True) as client:
             assert client.config_get("maxmemory")["maxmemory"] == str(256 << 20)
-    finally:
-        up.send_signal(signal.SIGINT)
-        try:
-            up.wait(timeout=60)
-        finally:
-            if up.poll() is None:
-                up.kill()
     for private in (data, data / "redis"):
         assert private.stat().st_mode & 0o777 == 0o700, private
