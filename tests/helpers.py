@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bolab.client import TERMINAL, LabClient
-from bolab.stack import ApiServer, RedisServer
+from bolab.stack import ApiServer, RedisServer, WorkerProcess
 
 T = TypeVar("T")
 
@@ -18,6 +18,41 @@ TINY = {"n": 20, "d": 40, "width": 16, "n_test": 200, "max_steps": 2000, "seeds"
 # A run that trains until it is cancelled or killed: a step size far too small to ever reach
 # zero loss, and the largest step budget the service takes (about an hour on a 2-core CPU).
 ENDLESS = {**TINY, "seeds": 1, "stop": "zero_loss", "lr": 1e-12, "max_steps": 1_000_000_000}
+
+
+# Leases, orphans and the reaper on a short clock, so fault suites see them act in seconds.
+FAST_REAPER = {
+    "BOLAB_LEASE_TTL_S": "3",
+    "BOLAB_ORPHAN_GRACE_S": "3",
+    "BOLAB_REAPER_INTERVAL_S": "0.5",
+}
+
+
+class OwnLab:
+    """A suite's own Redis and API (open mode) with a client; workers are made on demand, one
+    batch slot each, on the fast reaper clock."""
+
+    def __init__(self, where: Path) -> None:
+        self.where = where
+        self.redis = RedisServer(where / "redis", log_path=where / "redis.log")
+        self.redis.start()
+        self.api = ApiServer(self.redis.url, log_path=where / "api.log")
+        self.api.start()
+        self.client = LabClient(self.api.url, timeout=30)
+
+    def new_worker(self, pool: str = "prefork", **env: str) -> WorkerProcess:
+        return WorkerProcess(
+            self.redis.url,
+            concurrency=1,
+            pool=pool,
+            env={**FAST_REAPER, **env},
+            log_path=self.where / f"worker-{pool}.log",
+        )
+
+    def stop(self) -> None:
+        self.client.close()
+        self.api.stop()
+        self.redis.stop()
 
 
 def eventually(probe: Callable[[], T | None], timeout: float = 30.0, every: float = 0.05) -> T:

@@ -21,20 +21,13 @@ import httpx
 import pytest
 import redis
 
-from bolab.client import LabClient
-from bolab.stack import ApiServer, RedisServer, WorkerProcess
-from tests.helpers import ENDLESS, TINY, ended, eventually
+from tests.helpers import ENDLESS, TINY, OwnLab, ended, eventually
 from worker import keys
 from worker.reaper import broker_view
 from worker.store import JobStore
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
-FAST_REAPER = {
-    "BOLAB_LEASE_TTL_S": "3",
-    "BOLAB_ORPHAN_GRACE_S": "3",
-    "BOLAB_REAPER_INTERVAL_S": "0.5",
-}
 # Two batches (two widths), each a few seconds of training on a 2-core CPU.
 STEADY = {
     **TINY,
@@ -46,33 +39,20 @@ STEADY = {
 }
 
 
-class Lab:
+class Lab(OwnLab):
+    """The suite's lab, with one prefork worker running (tests replace or kill it)."""
+
     def __init__(self, where: Path) -> None:
-        self.where = where
-        self.redis = RedisServer(where / "redis", log_path=where / "redis.log")
-        self.redis.start()
-        self.api = ApiServer(self.redis.url, log_path=where / "api.log")
-        self.api.start()
+        super().__init__(where)
         self.worker = self.new_worker()
         self.worker.start()
-        self.client = LabClient(self.api.url, timeout=30)
-
-    def new_worker(self, **env: str) -> WorkerProcess:
-        return WorkerProcess(
-            self.redis.url,
-            concurrency=1,
-            pool="prefork",
-            env={**FAST_REAPER, **env},
-            log_path=self.where / "worker.log",
-        )
 
     def store(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis.url, decode_responses=True)
 
     def stop(self) -> None:
-        self.client.close()
-        for process in (self.worker, self.api, self.redis):
-            process.stop()
+        self.worker.stop()
+        super().stop()
 
 
 @pytest.fixture(scope="module")

@@ -13,21 +13,15 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
 from bolab.client import LabClient, LabError
-from bolab.stack import ApiServer, RedisServer, WorkerProcess
-from tests.helpers import ENDLESS, TINY, ended, eventually
+from bolab.stack import WorkerProcess
+from tests.helpers import ENDLESS, TINY, OwnLab, ended, eventually
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
-FAST_REAPER = {
-    "BOLAB_LEASE_TTL_S": "3",
-    "BOLAB_ORPHAN_GRACE_S": "3",
-    "BOLAB_REAPER_INTERVAL_S": "0.5",
-}
 SEEDS = 40
 # Each run: about 3 s of data, Gram products and baseline on one core of a 2-core CPU; two
 # train at once, for over an hour (ENDLESS's step size; steps of milliseconds, as many as the
@@ -40,34 +34,15 @@ MANY_SLOW = {
 NEXT_JOB_WITHIN_S = 20.0
 
 
-class Stack:
-    def __init__(self, where: Path) -> None:
-        self.where = where
-        self.redis = RedisServer(where / "redis", log_path=where / "redis.log")
-        self.redis.start()
-        self.api = ApiServer(self.redis.url, log_path=where / "api.log")
-        self.api.start()
-        self.client = LabClient(self.api.url, timeout=30)
-
+class Stack(OwnLab):
     @contextmanager
     def worker(self, pool: str, **env: str) -> Iterator[WorkerProcess]:
-        worker = WorkerProcess(
-            self.redis.url,
-            concurrency=1,
-            pool=pool,
-            env={**FAST_REAPER, **env},
-            log_path=self.where / f"worker-{pool}.log",
-        )
+        worker = self.new_worker(pool, **env)
         worker.start()
         try:
             yield worker
         finally:
             worker.stop()
-
-    def stop(self) -> None:
-        self.client.close()
-        self.api.stop()
-        self.redis.stop()
 
 
 @pytest.fixture(scope="module")
