@@ -30,7 +30,7 @@ from bo_engine.loop import warm_up
 from bo_engine.plan import plan_batches
 from bo_engine.runner import Cancelled, run_batch
 from bo_engine.spec import JobSpec
-from worker.settings import Settings
+from jobmodel.settings import Settings
 
 # Runs that train until stopped: zero loss is never reached at this step size.
 NEVER_STOPS = {"stop": "zero_loss", "lr": 1e-12, "max_margin_baseline": False}

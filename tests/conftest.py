@@ -14,9 +14,9 @@ import pytest
 
 from bolab.client import LabClient
 from bolab.stack import ApiServer, RedisServer, WorkerProcess
+from jobmodel.store import JobStore
 from tests.engine_helpers import force_batched_path
 from tests.helpers import keyed_api_on_own_redis
-from worker.store import JobStore
 
 
 @pytest.fixture(params=["compiled_loop", "batched"])

@@ -100,7 +100,7 @@ def test_monitoring_profile() -> None:
 def test_redis_is_capped_like_bolab_up() -> None:
     """Compose's Redis has a maxmemory (never evicting), from the same variable and with the
     same default as the Redis `bolab up` starts."""
-    from worker.settings import Settings
+    from jobmodel.settings import Settings
 
     command = compose()["services"]["redis"]["command"]
     cap = command[command.index("--maxmemory") + 1]

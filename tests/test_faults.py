@@ -23,10 +23,10 @@ import redis
 
 from bolab.client import TERMINAL, LabClient
 from bolab.stack import ApiServer, RedisServer, WorkerProcess
+from jobmodel import keys
+from jobmodel.store import JobStore
 from tests.helpers import ENDLESS, TINY, eventually
-from worker import keys
 from worker.reaper import broker_view
-from worker.store import JobStore
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 

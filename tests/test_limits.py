@@ -99,22 +99,25 @@ def test_bounds_hold_after_coercion_whatever_the_precheck_sees() -> None:
     """The resolved cells are checked again: a spelling the raw precheck cannot read as a
     number is still bounded by the values the engine would use."""
     from bo_engine.spec import JobSpec
+    from jobmodel.settings import Settings
     from service.limits import check_bounds
 
     spec = JobSpec.model_validate({**TINY, "grid": {"n": ["6000"], "seeds": [1, "1001"]}})
     with pytest.raises(ValueError, match="n = 6000 is over the bound max_n") as err:
-        check_bounds(spec)
+        check_bounds(spec, Settings())
     assert "seeds = 1001 is over the bound max_seeds = 1000" in str(err.value)
 
 
 def test_paper_examples_are_within_the_bounds(lab: LabClient) -> None:
     from pydantic import TypeAdapter
 
-    from service.limits import BoundedJobSpec
+    from jobmodel.settings import Settings
+    from service.limits import bounded_spec
 
+    bounded = TypeAdapter(bounded_spec(Settings()))
     for name in ("paper_gamma", "paper_heatmap"):
         with open(f"examples/{name}.json") as spec:
-            TypeAdapter(BoundedJobSpec).validate_python(json.load(spec))  # no error
+            bounded.validate_python(json.load(spec))  # no error
 
 
 def test_body_over_the_limit_is_413(idle_lab: ApiServer, api_keys: dict) -> None:

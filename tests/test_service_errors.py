@@ -7,9 +7,9 @@ import json
 import pytest
 
 from bolab.client import LabClient
+from jobmodel import keys
+from jobmodel.store import JobStore
 from tests.helpers import TINY
-from worker import keys
-from worker.store import JobStore
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -47,44 +47,27 @@ from typing import Any
 import redis
 from celery.signals import worker_ready, worker_shutdown
 
-from worker import keys
-from worker.celery_app import PLAN_JOB, QUEUES, RUN_BATCH
-from worker.settings import Settings, get_settings
-from worker.store import ACTIVE, Deletion, JobStore
+from jobmodel.queue import (
+    PLAN_JOB,
+    QUEUES,
+    RUN_BATCH,
+    UNACKED,
+    UNACKED_INDEX,
+    broker_lists,
+)
+from jobmodel.settings import Settings
+from jobmodel.store import Deletion, JobStore
 
 log = logging.getLogger(__name__)
 
-UNACKED, UNACKED_INDEX = "unacked", "unacked_index"  # kombu's Redis transport defaults
-PRIORITY_SEP, PRIORITY_STEPS = "\x06\x16", (3, 6, 9)  # kombu's per-priority queue keys
 RETENTION_BATCH = 100  # jobs deleted per sweep at most: one sweep stays short
-
-# Refresh only our own lease (another attempt may hold the key after ours expired).
-_REFRESH = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-# Take a unit's lease (KEYS[2]) and count the delivery (KEYS[3]) only while the job's record
-# (KEYS[1]) exists: a task of a deleted job leaves nothing behind. ARGV: token, TTL ms, unit.
-_ACQUIRE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
-redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
-return 1
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
 
 class Lease:
     """A worker's claim on one unit of a job, alive while the worker is."""
 
     def __init__(self, store: JobStore, job_id: str, unit: str, settings: Settings) -> None:
-        self.redis = store.redis
-        self.key = keys.lease(job_id, unit)
+        self.leases = store.leases
+        self.name = f"{job_id}:{unit}"
         self.job_id, self.unit = job_id, unit
         self.token = secrets.token_hex(8)
         self.ttl_ms = int(settings.lease_ttl_s * 1000)
@@ -94,19 +77,9 @@ class Lease:
 
     def acquire(self) -> bool:
         """False when another attempt holds the unit, or the job is gone (deleted)."""
-        taken = self.redis.eval(
-            _ACQUIRE,
-            3,
-            keys.job(self.job_id),
-            self.key,
-            keys.attempts(self.job_id),
-            self.token,
-            self.ttl_ms,
-            self.unit,
-        )
-        if not taken:
+        if not self.leases.acquire(self.job_id, self.unit, self.token, self.ttl_ms):
             return False
-        threading.Thread(target=self._refresh, name=f"lease-{self.key}", daemon=True).start()
+        threading.Thread(target=self._refresh, name=f"lease-{self.name}", daemon=True).start()
         return True
 
     def _refresh(self) -> None:
@@ -117,26 +90,28 @@ class Lease:
             if time.monotonic() > deadline + 2 * self.ttl_ms / 1000:
                 # It did not stop (stuck outside the training loop): give the unit up and
                 # tell the reaper why, so the job fails instead of running forever.
-                self.redis.hset(keys.attempts(self.job_id), f"{self.unit}:overdue", 1)
+                self.leases.mark_overdue(self.job_id, self.unit)
                 return
             try:
-                self.redis.eval(_REFRESH, 1, self.key, self.token, self.ttl_ms)
+                self.leases.refresh(self.job_id, self.unit, self.token, self.ttl_ms)
             except redis.RedisError:  # Redis away for a moment; the next beat retries
-                log.warning("lease refresh failed for %s", self.key)
+                log.warning("lease refresh failed for %s", self.name)
 
     def release(self) -> None:
         self._done.set()
         try:
-            self.redis.eval(_RELEASE, 1, self.key, self.token)
+            self.leases.release(self.job_id, self.unit, self.token)
         except redis.RedisError:  # it expires by itself
-            log.warning("lease release failed for %s", self.key)
+            log.warning("lease release failed for %s", self.name)
 
 
 @contextmanager
-def leased(store: JobStore, job_id: str, unit: str) -> Iterator[Lease | None]:
+def leased(
+    store: JobStore, job_id: str, unit: str, settings: Settings
+) -> Iterator[Lease | None]:
     """The unit's lease, or None when another live attempt holds it or the job was deleted
     (then skip the unit)."""
-    lease = Lease(store, job_id, unit, get_settings())
+    lease = Lease(store, job_id, unit, settings)
     if not lease.acquire():
         yield None
         return
@@ -174,8 +149,7 @@ def _unit_of(message: dict[str, Any]) -> tuple[str, str] | None:
 
 def broker_view(client: redis.Redis) -> BrokerView:
     view = BrokerView()
-    names = [f"{q}{PRIORITY_SEP}{p}" for q in QUEUES for p in PRIORITY_STEPS] + list(QUEUES)
-    for name in names:
+    for name in broker_lists():
         for raw in client.lrange(name, 0, -1):
             unit = _unit_of(json.loads(raw))
             if unit:
@@ -211,15 +185,14 @@ def restore(client: redis.Redis, tag: str) -> bool:
 
 
 class Reaper:
-    def __init__(self, store: JobStore, settings: Settings | None = None) -> None:
-        self.store = store
-        self.settings = settings or get_settings()
+    def __init__(self, store: JobStore, settings: Settings) -> None:
+        self.store, self.settings = store, settings
         self.missing_since: dict[tuple[str, str], float] = {}  # units seen nowhere, and when
 
     def sweep(self) -> list[str]:
         """One look at every active job; returns what it did (for logs and tests)."""
-        r, s = self.store.redis, self.settings
-        active = [i for status in ACTIVE for i in r.zrange(keys.jobs_in(status), 0, -1)]
+        r, s, leases = self.store.redis, self.settings, self.store.leases
+        active = self.store.active_ids()
         if not active:
             self.missing_since.clear()
             return []
@@ -234,11 +207,11 @@ class Reaper:
                     actions.append(f"closed {job_id}")
                 continue
             for unit in units:
-                if r.exists(keys.lease(job_id, unit)) or (job_id, unit) in view.waiting:
+                if leases.held(job_id, unit) or (job_id, unit) in view.waiting:
                     continue
-                attempts = int(r.hget(keys.attempts(job_id), unit) or 0)
+                attempts, overdue = leases.attempts(job_id, unit)
                 name = "planning" if unit == "plan" else f"batch {unit}"
-                if r.hexists(keys.attempts(job_id), f"{unit}:overdue"):
+                if overdue:
                     self.store.mark_failed(
                         job_id, f"{name} ran over its time limit of {s.batch_time_limit_s:g} s"
                     )
@@ -287,8 +260,8 @@ class Reaper:
             return []
         if job.batches_total is None:
             return ["plan"]
-        done = set(self.store.redis.hkeys(keys.batches(job_id)))
-        return [str(b) for b in range(job.batches_total) if str(b) not in done]
+        done = self.store.done_batches(job_id)
+        return [str(b) for b in range(job.batches_total) if b not in done]
 
     def _resend(self, job_id: str, unit: str) -> None:
         from worker.celery_app import celery_app
@@ -306,11 +279,7 @@ class Reaper:
         lock_ms = int(self.settings.reaper_interval_s * 3000)
         while not stop.wait(self.settings.reaper_interval_s):
             try:
-                r = self.store.redis
-                mine = r.set(keys.REAPER_LOCK, token, nx=True, px=lock_ms) or (
-                    r.eval(_REFRESH, 1, keys.REAPER_LOCK, token, lock_ms) == 1
-                )
-                if mine:
+                if self.store.leases.hold_reaper_lock(token, lock_ms):
                     for action in self.sweep():
                         log.warning("reaper: %s", action)
                     for action in self.prune():
@@ -324,7 +293,10 @@ _stop = threading.Event()
 
 @worker_ready.connect
 def _start(sender: Any, **_: Any) -> None:
-    reaper = Reaper(JobStore.from_url(get_settings().redis_url))
+    from worker.celery_app import settings
+
+    config = settings()
+    reaper = Reaper(JobStore.from_url(config.redis_url), config)
     threading.Thread(target=reaper.run, args=(_stop,), name="bolab-reaper", daemon=True).start()
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from worker import keys, logs, metrics
+from jobmodel import counters, keys, logs
 
 STATUS, PROGRESS, CELL, END = "status", "progress", "cell", "end"
 # Bounds a job's log (progress events come at most a few per second per batch); a job long
@@ -24,7 +24,7 @@ STATUS, PROGRESS, CELL, END = "status", "progress", "cell", "end"
 MAX_EVENTS = 20_000
 
 
-def emit(client: metrics.Client, job_id: str, kind: str, data: dict[str, Any]) -> None:
+def emit(client: counters.Client, job_id: str, kind: str, data: dict[str, Any]) -> None:
     client.xadd(
         keys.events(job_id),
         {"event": kind, "data": json.dumps(data, separators=(",", ":"))},
@@ -63,8 +63,8 @@ def job_ended(client: redis.Redis, job_id: str) -> None:
             "progress": progress_data(runs_done, int(raw["runs_total"])),
         },
     )
-    metrics.inc(pipe, "jobs_finished_total", {"status": status, "queue": queue})
-    metrics.observe(pipe, "job_duration_seconds", {"status": status}, duration)
+    counters.inc(pipe, "jobs_finished_total", {"status": status, "queue": queue})
+    counters.observe(pipe, "job_duration_seconds", {"status": status}, duration)
     if raw.get("notify_url"):
         pipe.zadd(keys.WEBHOOKS_DUE, {job_id: time.time()})
     pipe.execute()
@@ -96,7 +96,7 @@ def cell_done(
     steps = sum(int(run.get("steps", 0)) for run in runs)
     pipe = client.pipeline(transaction=False)
     emit(pipe, job_id, CELL, row)
-    metrics.inc(pipe, "runs_trained_total", {"queue": queue}, len(runs))
-    metrics.inc(pipe, "gd_steps_total", {"queue": queue}, steps)
-    metrics.observe(pipe, "run_duration_seconds", {"queue": queue}, batch_seconds, len(runs))
+    counters.inc(pipe, "runs_trained_total", {"queue": queue}, len(runs))
+    counters.inc(pipe, "gd_steps_total", {"queue": queue}, steps)
+    counters.observe(pipe, "run_duration_seconds", {"queue": queue}, batch_seconds, len(runs))
     pipe.execute()

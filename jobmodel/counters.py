@@ -6,7 +6,7 @@ directory, which separate hosts and containers do not have. The job store's Redi
 all of them already, so workers (and the API) add with HINCRBY / HINCRBYFLOAT, and the API's
 collector (`service.metrics`) turns the hashes into Prometheus samples at scrape time.
 
-Field layout (see `worker.keys`): counters "name|k=v,k=v"; histograms, per metric, "k=v|le" for
+Field layout (see `jobmodel.keys`): counters "name|k=v,k=v"; histograms, per metric, "k=v|le" for
 the bucket an observation falls in (not cumulative: the collector sums), "k=v|sum", "k=v|count".
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 import redis
 
-from worker import keys
+from jobmodel import keys
 
 # Upper bounds in seconds; a run of a tiny spec takes milliseconds, a paper sweep hours.
 RUN_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
