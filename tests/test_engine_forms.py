@@ -17,6 +17,8 @@ from bo_engine.model import init_weights, outer_weights
 from bo_engine.spec import JobSpec
 from bo_engine.train import RunSetup, _Batch, _build, _outputs, _resync, _step, _weight_norms
 
+pytestmark = pytest.mark.fast
+
 F64 = torch.float64
 CPU = torch.device("cpu")
 STEPS = 200

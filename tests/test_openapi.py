@@ -7,8 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from jobmodel.settings import Settings
 from service.main import create_app
+
+pytestmark = pytest.mark.fast
 
 COMMITTED = Path(__file__).parents[1] / "openapi" / "openapi.json"
 

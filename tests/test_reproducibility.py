@@ -13,6 +13,8 @@ from bo_engine.plan import assemble_result, plan_batches
 from bo_engine.runner import engine_info, run_batch, run_spec
 from bo_engine.spec import JobSpec
 
+pytestmark = pytest.mark.fast
+
 CPU = torch.device("cpu")
 
 # Two Gram-form shapes (n = 12 and 16 with d >= n/4) and plain-form cells (d = 2 < n/4), both
