@@ -36,12 +36,16 @@ def parse_labels(text: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in text.split(",") if part)
 
 
+def field(name: str, labels: Labels) -> str:
+    """The counters hash field of counter `name` with these labels."""
+    return f"{name}|{label_text(labels)}"
+
+
 def inc(client: Client, name: str, labels: Labels, amount: float = 1) -> None:
-    field = f"{name}|{label_text(labels)}"
     if isinstance(amount, int):
-        client.hincrby(keys.METRIC_COUNTERS, field, amount)
+        client.hincrby(keys.METRIC_COUNTERS, field(name, labels), amount)
     else:
-        client.hincrbyfloat(keys.METRIC_COUNTERS, field, amount)
+        client.hincrbyfloat(keys.METRIC_COUNTERS, field(name, labels), amount)
 
 
 def observe(client: Client, name: str, labels: Labels, value: float, times: int = 1) -> None:

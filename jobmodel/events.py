@@ -24,10 +24,15 @@ STATUS, PROGRESS, CELL, END = "status", "progress", "cell", "end"
 MAX_EVENTS = 20_000
 
 
+def encode(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
 def emit(client: counters.Client, job_id: str, kind: str, data: dict[str, Any]) -> None:
+    """Append an event; the stream keeps about its newest MAX_EVENTS."""
     client.xadd(
         keys.events(job_id),
-        {"event": kind, "data": json.dumps(data, separators=(",", ":"))},
+        {"event": kind, "data": encode(data)},
         maxlen=MAX_EVENTS,
         approximate=True,
     )

@@ -16,6 +16,10 @@ CPU_QUEUE = "cpu"
 GPU_QUEUE = "gpu"
 QUEUES = (CPU_QUEUE, GPU_QUEUE)
 
+# Producers (each with its broker connection) a sending process keeps: as many as the threads
+# that run the API's sync routes (anyio's default), so no submission waits for another's.
+SENDERS = 40
+
 PLAN_JOB = "bolab.plan_job"
 RUN_BATCH = "bolab.run_batch"
 
@@ -62,7 +66,9 @@ class JobQueue:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobQueue:
-        return cls(celery_client(settings))
+        app = celery_client(settings)
+        app.conf.broker_pool_limit = SENDERS
+        return cls(app)
 
     def close(self) -> None:
         self.app.close()  # its broker connections and producer pool

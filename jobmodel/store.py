@@ -66,7 +66,10 @@ return 1
 
 # Atomically create a job: replay the job an idempotency key already names (KEYS[3], "" for
 # none), else refuse when the owner has ARGV[3] (> 0) or more active jobs, else write the record,
-# its indexes and the idempotency key. ARGV: id, owner, cap, body hash, key TTL, field/values.
+# its indexes and the idempotency key, count it (KEYS[4], field ARGV[6]) and write its first
+# event (stream KEYS[5], at most about ARGV[8] long; data ARGV[7]). One call, one round trip.
+# ARGV: id, owner, cap, body hash, key TTL, counter field, event data, stream bound, then the
+# record's field/values.
 _CREATE = """
 local id, owner, cap = ARGV[1], ARGV[2], tonumber(ARGV[3])
 if KEYS[3] ~= '' then
@@ -78,7 +81,7 @@ if cap > 0 then
   local active = redis.call('ZCARD', mine .. ':queued') + redis.call('ZCARD', mine .. ':running')
   if active >= cap then return {'full', tostring(active)} end
 end
-for i = 6, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 redis.call('ZADD', KEYS[2], 0, id)
@@ -89,6 +92,8 @@ if KEYS[3] ~= '' then
   redis.call('SET', KEYS[3], ARGV[4] .. ' ' .. id, 'EX', tonumber(ARGV[5]))
   redis.call('HSET', KEYS[1], 'idempotency_key', KEYS[3])
 end
+redis.call('HINCRBY', KEYS[4], ARGV[6], 1)
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[8], '*', 'event', 'status', 'data', ARGV[7])
 return {'created', id}
 """
 
@@ -311,19 +316,20 @@ class JobStore:
             fields["notify_url"] = notify_url
         key_hash, body_hash, ttl = idempotency or ("", "", 0)
         idem_key = keys.idempotency(owner, key_hash) if idempotency else ""
-        args: list[Any] = [job.id, owner, max_active, body_hash, ttl]
+        first_event = events.encode({"status": job.status.value})
+        submitted = counters.field("jobs_submitted_total", {"queue": queue})
+        args: list[Any] = [job.id, owner, max_active, body_hash, ttl, submitted, first_event]
+        args.append(events.MAX_EVENTS)
         for name, value in fields.items():
             args += [name, value]
-        outcome, value = self._create(keys=[keys.job(job.id), keys.JOBS, idem_key], args=args)
+        script_keys = [keys.job(job.id), keys.JOBS, idem_key, keys.METRIC_COUNTERS]
+        script_keys.append(keys.events(job.id))
+        outcome, value = self._create(keys=script_keys, args=args)
         if outcome == "replay":
             previous_hash, _, job_id = value.partition(" ")
             raise IdempotentReplay(job_id, previous_hash == body_hash)
         if outcome == "full":
             raise QuotaFull(int(value))
-        pipe = self.redis.pipeline(transaction=False)  # the submitted counter, the first event
-        counters.inc(pipe, "jobs_submitted_total", {"queue": queue})
-        events.emit(pipe, job.id, events.STATUS, {"status": job.status.value})
-        pipe.execute()
         logs.event("job.submitted", job_id=job.id, owner=owner, queue=queue, runs=runs_total)
         return job
 
