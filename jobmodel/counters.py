@@ -4,7 +4,7 @@ Workers run on several machines and restart; a per-process Prometheus registry w
 numbers that differ per process and reset with it, and multiprocess mode needs one shared
 directory, which separate hosts and containers do not have. The job store's Redis is shared by
 all of them already, so workers (and the API) add with HINCRBY / HINCRBYFLOAT, and the API's
-collector (`service.metrics`) turns the hashes into Prometheus samples at scrape time.
+collector (`service.prometheus`) turns the hashes into Prometheus samples at scrape time.
 
 Field layout (see `jobmodel.keys`): counters "name|k=v,k=v"; histograms, per metric, "k=v|le" for
 the bucket an observation falls in (not cumulative: the collector sums), "k=v|sum", "k=v|count".

@@ -83,25 +83,3 @@ def job_ended(client: redis.Redis, job_id: str) -> None:
         error=raw.get("error") or None,
     )
 
-
-def cell_done(
-    client: redis.Redis,
-    job_id: str,
-    queue: str,
-    cell: dict[str, Any],
-    row: dict[str, Any],
-    batch_seconds: float,
-) -> None:
-    """A cell finished: its `cell` event, and its runs and GD steps in the training metrics.
-
-    Runs of a batch train together as one tensor program, so a run's duration is the time from
-    its batch's start until its cell finished.
-    """
-    runs = cell["runs"]
-    steps = sum(int(run.get("steps", 0)) for run in runs)
-    pipe = client.pipeline(transaction=False)
-    emit(pipe, job_id, CELL, row)
-    counters.inc(pipe, "runs_trained_total", {"queue": queue}, len(runs))
-    counters.inc(pipe, "gd_steps_total", {"queue": queue}, steps)
-    counters.observe(pipe, "run_duration_seconds", {"queue": queue}, batch_seconds, len(runs))
-    pipe.execute()

@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     progress_interval_s: float = Field(0.25, gt=0, description="min seconds between writes")
     cancel_poll_interval_s: float = Field(0.2, gt=0, description="min seconds between flag reads")
     worker_heartbeat_s: float = Field(2.0, gt=0)
-    # A worker whose last heartbeat is older than this counts as gone (readyz, issue 5 gauges).
+    # A worker whose last heartbeat is older than this counts as gone (readyz, worker gauges).
     worker_ttl_s: float = Field(15.0, gt=0)
 
     # --- reliability and security (see service.auth, service.limits, worker.reaper) ---------
@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     max_attempts: int = Field(5, ge=1, description="deliveries of a batch before its job fails")
     batch_time_limit_s: float = Field(3600.0, ge=1, description="a batch running longer fails")
 
-    # --- dashboards and people (see service.webhooks, service.metrics) ---------------------
+    # --- dashboards and people (see service.webhooks, service.prometheus) ------------------
     webhook_secret: str = Field(
         "",
         description="master key of webhook signatures: each owner signs with a key derived "

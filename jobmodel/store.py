@@ -190,7 +190,7 @@ class JobRecord:
     runs_total: int
     cells_total: int
     created_at: float
-    owner: str = ""  # filled by the auth issue; "" = nobody in particular
+    owner: str = ""  # the API key's owner; "" = nobody in particular
     batches_total: int | None = None
     started_at: float | None = None
     finished_at: float | None = None
@@ -556,14 +556,19 @@ class JobStore:
         events.emit(self.redis, job_id, kind, data)
 
     def cell_done(
-        self,
-        job_id: str,
-        queue: str,
-        cell: dict[str, Any],
-        row: dict[str, Any],
-        batch_seconds: float,
+        self, job_id: str, queue: str, cell: dict[str, Any], row: dict[str, Any], seconds: float
     ) -> None:
-        events.cell_done(self.redis, job_id, queue, cell, row, batch_seconds)
+        """A cell finished: its `cell` event (summary `row`), and its runs and GD steps in the
+        training metrics. Runs of a batch train together as one tensor program, so a run's
+        duration is the `seconds` from its batch's start until its cell finished."""
+        runs = cell["runs"]
+        steps = sum(int(run.get("steps", 0)) for run in runs)
+        pipe = self.redis.pipeline(transaction=False)
+        events.emit(pipe, job_id, events.CELL, row)
+        counters.inc(pipe, "runs_trained_total", {"queue": queue}, len(runs))
+        counters.inc(pipe, "gd_steps_total", {"queue": queue}, steps)
+        counters.observe(pipe, "run_duration_seconds", {"queue": queue}, seconds, len(runs))
+        pipe.execute()
 
     def count(self, name: str, labels: counters.Labels, amount: float = 1) -> None:
         counters.inc(self.redis, name, labels, amount)

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from jobmodel.live import LiveView
 from jobmodel.settings import Settings
 from service.capacity import StreamSlots
-from service.metrics import LabCollector
+from service.prometheus import LabCollector
 from service.webhooks import Deliverer
 
 

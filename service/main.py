@@ -14,7 +14,7 @@ import bo_engine
 from jobmodel.queue import JobQueue
 from jobmodel.settings import Settings
 from jobmodel.store import JobStore
-from service import errors, live, metrics
+from service import errors, live, prometheus
 from service.auth import AUTH_RESPONSES
 from service.browser import LoopbackHostOnly, SecurityHeaders
 from service.limits import BodyLimit
@@ -59,7 +59,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(LoopbackHostOnly, settings=settings)
     app.add_middleware(SecurityHeaders)  # on every answer, the 400 of a refused Host included
-    metrics.install(app)  # outermost: counts every answer, 413s included
+    prometheus.install(app)  # outermost: counts every answer, 413s included
     app.include_router(jobs.submit_router(settings))
     app.include_router(jobs.router)
     app.include_router(events.router, responses=AUTH_RESPONSES)

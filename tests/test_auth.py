@@ -1,4 +1,4 @@
-"""Issue 4.1: API keys and isolation, against a real uvicorn API with a keys file.
+"""API keys and isolation, against a real uvicorn API with a keys file (and in process).
 
 Users see, list, read, plot and cancel only their own jobs (another's answers 404, exactly like
 a missing one); an admin sees all; no valid key: 401; keys never reach a log; `bolab keys add`

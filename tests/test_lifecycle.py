@@ -25,7 +25,8 @@ from jobmodel.settings import Settings
 from jobmodel.store import Deletion, JobStatus, JobStore
 from tests.helpers import ENDLESS, TINY, eventually
 from tests.test_metrics_service import scrape, value
-from worker.reaper import Lease, Reaper
+from worker.lease import Lease
+from worker.reaper import Reaper
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -25,7 +25,7 @@ def _worker_conf(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         # Backstops for a batch stuck outside the training loop (prefork pools only); the
-        # batch's lease (worker.reaper) normally stops it first, through the cancel callback.
+        # batch's lease (worker.lease) normally stops it first, through the cancel callback.
         "task_soft_time_limit": settings.batch_time_limit_s + 2 * settings.lease_ttl_s + 30,
         "task_time_limit": settings.batch_time_limit_s + 2 * settings.lease_ttl_s + 90,
         # Task events (received, started, succeeded, ...): what Flower shows, unmodified.

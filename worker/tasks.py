@@ -22,9 +22,9 @@ from bo_engine.spec import JobSpec
 from jobmodel import events, logs
 from jobmodel.queue import PLAN_JOB, RUN_BATCH
 from jobmodel.store import JobStore
-from worker import heartbeat  # noqa: F401  (connects the liveness signals in worker processes)
+from worker import heartbeat, reaper  # noqa: F401  (connect their signals in worker processes)
 from worker.celery_app import celery_app, settings
-from worker.reaper import Lease, leased
+from worker.lease import Lease, leased
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def _load(job_id: str) -> tuple[JobSpec, list[Batch]] | None:
 @celery_app.task(name=PLAN_JOB)
 def plan_job(job_id: str) -> None:
     """Split a job into batches (cells that train together) and enqueue one task per batch."""
-    # The lease tells the reaper this job's planning is alive (worker.reaper).
+    # The lease tells the reaper this job's planning is alive (worker.lease).
     with leased(store(), job_id, "plan", settings()) as lease:
         if lease is not None:  # else another delivery is planning this job right now
             _plan(job_id)
@@ -172,7 +172,7 @@ def _run_batch(job_id: str, batch_index: int, lease: Lease) -> None:
     started = time.perf_counter()
     try:
         device = runner.resolve_device(spec.device)  # CUDA is first touched here, in the task
-        runner.run_batch(
+        runner.batch_cells(
             spec,
             batch,
             device=device,
