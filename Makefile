@@ -13,7 +13,7 @@ $(BIN)/bolab: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-.PHONY: install up test lint bench
+.PHONY: install up test test-fast lint bench
 install: $(BIN)/bolab
 
 up: install
@@ -22,6 +22,11 @@ up: install
 test: install
 	$(BIN)/ruff check .
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q
+
+# The inner loop: the engine, and the routes in process on one real Redis (no worker, no uvicorn).
+test-fast: install
+	$(BIN)/ruff check .
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q -m fast
 
 lint: install
 	$(BIN)/ruff check .

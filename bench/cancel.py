@@ -1,8 +1,8 @@
 """Cancel benchmark: seconds from a cancel to the end of the batch, at several sizes.
 
-Each case trains one batch through `bo_engine.runner.run_batch` (what a worker's task runs) in a
+Each case trains one batch through `bo_engine.runner.batch_cells` (what a worker's task runs) in a
 thread, with runs that never reach their stop rule (a tiny step size), asks it to cancel after a
-delay, and times the rest: how long `run_batch` takes to raise `Cancelled` after the cancel
+delay, and times the rest: how long `batch_cells` takes to raise `Cancelled` after the cancel
 callback first answers True. The engine asks that callback at most every 0.2 s
 (CANCEL_POLL_SECONDS), and that wait is included; a worker adds at most its own flag-read
 interval (BOLAB_CANCEL_POLL_INTERVAL_S, 0.2 s) on top. The delays are chosen to land while the
@@ -28,9 +28,9 @@ import torch
 from bo_engine.cost import job_cost
 from bo_engine.loop import warm_up
 from bo_engine.plan import plan_batches
-from bo_engine.runner import Cancelled, run_batch
+from bo_engine.runner import Cancelled, batch_cells
 from bo_engine.spec import JobSpec
-from worker.settings import Settings
+from jobmodel.settings import Settings
 
 # Runs that train until stopped: zero loss is never reached at this step size.
 NEVER_STOPS = {"stop": "zero_loss", "lr": 1e-12, "max_margin_baseline": False}
@@ -79,7 +79,7 @@ def cancel_after(spec: JobSpec, delay: float) -> tuple[float, int, bool]:
 
     def work() -> None:
         with contextlib.suppress(Cancelled):
-            run_batch(
+            batch_cells(
                 spec,
                 batch,
                 device=torch.device("cpu"),

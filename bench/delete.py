@@ -20,10 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bolab.stack import RedisServer
-from worker import keys
+from jobmodel import keys
+from jobmodel.settings import Settings
+from jobmodel.store import JobStatus, JobStore
 from worker.reaper import RETENTION_BATCH, Reaper
-from worker.settings import Settings
-from worker.store import JobStatus, JobStore
 
 
 def finished_job(store: JobStore, cells: int, cell_bytes: int) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from bolab.stack import ApiServer, RedisServer
-from worker.store import JobStore
+from jobmodel.store import JobStore
 
 SPEC = {"n": 20, "d": 40, "width": 16, "n_test": 200, "max_steps": 2000, "seeds": 1}
 FLOAT_BYTES = 20  # a random float and its separator, as JSON

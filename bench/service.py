@@ -1,26 +1,34 @@
-"""Service benchmark: submit -> result latency of a tiny job, and jobs/s the API accepts.
+"""Service benchmark: submit -> result latency of a tiny job, and jobs/s the API accepts, side
+by side with a bare FastAPI + pydantic POST app (`bench/bare_app.py`) under the same driver.
 
-    .venv/bin/python bench/service.py [--jobs 20] [--posts 200] [--clients 8]
+    .venv/bin/python bench/service.py [--jobs 20] [--posts 1000] [--clients 16]
 
 Starts its own stack (Redis on a free port in a temp dir, the API, one worker) on loopback,
-prints the figures, and stops everything. The accept rate uses `bench/load.py`'s load driver;
-that benchmark also waits for every job of a bigger load to finish.
+and the bare app in one uvicorn process of its own; prints the figures, and stops everything.
+The accept rates use `bench/load.py`'s load driver (a thread per client, each with its own
+connection); that benchmark also waits for every job of a bigger load to finish.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from bolab.client import LabClient
-from bolab.stack import Stack
+import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import submit_load  # noqa: E402
+from bolab.client import LabClient
+from bolab.stack import Stack, free_port
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from load import Load, submit_load  # noqa: E402
 
 TINY = {"n": 20, "d": 40, "width": 16, "n_test": 200, "max_steps": 2000, "seeds": 2}
 
@@ -40,13 +48,40 @@ def latency(client: LabClient, jobs: int) -> tuple[list[float], list[float]]:
     return seconds, engine
 
 
+@contextmanager
+def bare_app() -> Iterator[str]:
+    """The bare app in one uvicorn process on loopback; yields its URL."""
+    port = free_port()
+    argv = [sys.executable, "-m", "uvicorn", "bare_app:app", "--app-dir", str(HERE),
+            "--port", str(port), "--log-level", "warning"]  # fmt: skip
+    process = subprocess.Popen(argv)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                httpx.get(f"{url}/docs", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _rate(name: str, load: Load) -> str:
+    p50, p99 = load.percentile(0.5) * 1e3, load.percentile(0.99) * 1e3
+    return f"{name:<18} {load.rate:>8.0f} {p50:>9.1f} {p99:>9.1f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20)
-    parser.add_argument("--posts", type=int, default=200)
-    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--posts", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=16)
     args = parser.parse_args()
-    env = {"BOLAB_MAX_ACTIVE_JOBS": str(args.posts + 1)}  # the load queues them all at once
+    # The loads queue every job at once (and the warm-ups some more).
+    env = {"BOLAB_MAX_ACTIVE_JOBS": str(2 * args.posts)}
     with (
         tempfile.TemporaryDirectory() as tmp,
         Stack(Path(tmp), log_dir=Path(tmp) / "logs", env=env) as lab,
@@ -54,7 +89,13 @@ def main() -> None:
         with LabClient(lab.api.url) as client:
             latency(client, 2)  # warm-up: first imports, first connections
             seconds, engine = latency(client, args.jobs)
+        # The accept rates measure the API alone: no worker takes CPU from it meanwhile.
+        lab.worker.stop()
+        submit_load(lab.api.url, args.clients * 4, args.clients, TINY)  # warm-up
         load = submit_load(lab.api.url, args.posts, args.clients, TINY)
+        with bare_app() as url:
+            submit_load(url, args.clients * 4, args.clients, TINY)  # warm-up
+            bare = submit_load(url, args.posts, args.clients, TINY)
     print(f"tiny job {TINY}")
     ms = sorted(s * 1e3 for s in seconds)
     print(
@@ -62,9 +103,13 @@ def main() -> None:
         f"(min {ms[0]:.0f}, max {ms[-1]:.0f}); training in the worker: median "
         f"{statistics.median(engine) * 1e3:.0f} ms"
     )
+    print(f"{args.posts} POSTs from {args.clients} clients, one API process each:")
+    print(f"{'':<18} {'POSTs/s':>8} {'p50 ms':>9} {'p99 ms':>9}")
+    print(_rate("bare FastAPI", bare))
+    print(_rate("POST /v1/jobs", load))
     print(
-        f"accepted {args.posts} POSTs from {args.clients} clients: {load.rate:.0f} jobs/s "
-        f"(p50 {load.percentile(0.5) * 1e3:.1f} ms, p99 {load.percentile(0.99) * 1e3:.1f} ms)"
+        f"submit / bare: rate {load.rate / bare.rate:.2f}, "
+        f"p99 {load.percentile(0.99) / bare.percentile(0.99):.2f}"
     )
 
 

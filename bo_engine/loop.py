@@ -37,7 +37,6 @@ from threadpoolctl import threadpool_limits
 from bo_engine.chunks import Checkpoint, Stopped, checkpoint, matmul_rows, no_checkpoint
 from bo_engine.data import TrainSet, make_train_set
 from bo_engine.metrics import (
-    Reporter,
     fit_metrics,
     gram_weight_norms,
     stop_reason,
@@ -45,6 +44,7 @@ from bo_engine.metrics import (
 )
 from bo_engine.model import init_weights, outer_weights
 from bo_engine.plan import RunSetup
+from bo_engine.report import Reporter
 
 # Recompute Z from C this often (in steps) so that rounding in the incremental update cannot
 # drift.

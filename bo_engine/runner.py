@@ -1,7 +1,7 @@
 """Running a spec: split it into batches of cells that share a shape, train each, assemble.
 
 `bolab run --local` and the Celery worker go through the same two calls, `plan_batches` then
-`run_batch` for each batch, so a job's results equal a local run's on the same spec and seeds.
+`batch_cells` for each batch, so a job's results equal a local run's on the same spec and seeds.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from bo_engine.train import RunSetup, train_batch
 
 
 class Cancelled(Exception):
-    """Raised by `run_batch` after a cancel request; finished cells were already reported."""
+    """Raised by `batch_cells` after a cancel request; finished cells were already reported."""
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -31,7 +31,7 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def run_batch(
+def batch_cells(
     spec: JobSpec,
     batch: Batch,
     *,
@@ -108,7 +108,7 @@ def run_spec(
     device = device or resolve_device(spec.device)
     cells: list[dict[str, Any]] = []
     for batch in plan_batches(spec):
-        cells += run_batch(
+        cells += batch_cells(
             spec, batch, device=device, on_runs_done=on_runs_done, on_cell_done=on_cell_done
         )
     return assemble_result(

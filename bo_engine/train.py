@@ -33,7 +33,6 @@ from bo_engine.chunks import Checkpoint, Stopped, matmul_rows, no_checkpoint
 from bo_engine.data import TrainSet, make_train_set
 from bo_engine.loop import RESYNC_EVERY, train_in_threads
 from bo_engine.metrics import (
-    Reporter,
     fit_metrics,
     gram_weight_norms,
     run_result,
@@ -42,6 +41,7 @@ from bo_engine.metrics import (
 )
 from bo_engine.model import init_weights, outer_weights
 from bo_engine.plan import RunSetup
+from bo_engine.report import Reporter
 from bo_engine.spec import Cell, TheoryRule, uses_gram_form
 
 # A dense Gram update costing less than this many multiply-adds (B m n^2) is cheaper than the
@@ -57,7 +57,7 @@ _leaky_relu_backward = torch.ops.aten.leaky_relu_backward.default
 
 
 @dataclass
-class _Batch:
+class _LiveRuns:
     """The live tensors of the runs still training; row b of each belongs to run ids[b].
 
     Runs of different n share a Gram-form batch: each is padded to the batch's largest n with
@@ -98,7 +98,7 @@ def _build(
     device,
     dtype,
     check: Checkpoint = no_checkpoint,
-) -> _Batch:
+) -> _LiveRuns:
     def stack(tensors: list[torch.Tensor], dims: tuple[int, ...] = ()) -> torch.Tensor:
         padded = [_padded(t, n, dims) for t in tensors]
         return torch.stack(padded).to(device=device, dtype=dtype)
@@ -110,7 +110,7 @@ def _build(
     lr = torch.tensor([c.lr for c in cells], device=device, dtype=dtype).view(-1, 1)
     real = stack([torch.ones(c.n) for c in cells], (0,)) > 0
     z0 = stack([matmul_rows(w, t.x.T, check) for w, t in zip(w0, data, strict=True)], (1,))
-    return _Batch(
+    return _LiveRuns(
         ids=torch.arange(len(setups), device=device),
         z0=z0,
         z=z0.clone(),
@@ -125,7 +125,7 @@ def _build(
     )
 
 
-def _outputs(b: _Batch, a: torch.Tensor) -> torch.Tensor:
+def _outputs(b: _LiveRuns, a: torch.Tensor) -> torch.Tensor:
     """f (B, n) = a^T sigma(Z): one fused activation and one batched matrix-vector product."""
     return torch.bmm(a.expand(b.z.shape[0], 1, -1), _leaky_relu(b.z, b.alpha)).squeeze(1)
 
@@ -144,7 +144,7 @@ def _active_columns(yf: torch.Tensor, k: int) -> torch.Tensor:
     return torch.topk(yf, k, dim=1, largest=False, sorted=False).indices
 
 
-def _step(b: _Batch, a: torch.Tensor, yf: torch.Tensor) -> None:
+def _step(b: _LiveRuns, a: torch.Tensor, yf: torch.Tensor) -> None:
     """One GD step for every run in the batch (finished runs were removed before)."""
     active = yf < 1  # (B, n): only these points have a hinge subgradient (never padding)
     coef = b.lr_y * active  # (B, n): lr y_i on the active set, else 0
@@ -170,12 +170,12 @@ def _step(b: _Batch, a: torch.Tensor, yf: torch.Tensor) -> None:
         b.z.baddbmm_(dc, b.gram)
 
 
-def _resync(b: _Batch) -> None:
+def _resync(b: _LiveRuns) -> None:
     if b.gram is not None:
         b.z = b.z0 + b.c @ b.gram
 
 
-def _weights(b: _Batch, row: int, w0: torch.Tensor, train: TrainSet) -> torch.Tensor:
+def _weights(b: _LiveRuns, row: int, w0: torch.Tensor, train: TrainSet) -> torch.Tensor:
     """W of one run in float64: W0 + C X (the plain form keeps W itself)."""
     if b.w is not None:
         return b.w[row].double()
@@ -183,7 +183,7 @@ def _weights(b: _Batch, row: int, w0: torch.Tensor, train: TrainSet) -> torch.Te
     return w0.to(b.c.device) + b.c[row, :, : x.shape[0]].double() @ x
 
 
-def _weight_norms(b: _Batch, w0_sq: torch.Tensor) -> torch.Tensor:
+def _weight_norms(b: _LiveRuns, w0_sq: torch.Tensor) -> torch.Tensor:
     """||W||_F per run of the batch."""
     if b.w is not None:
         return b.w.flatten(1).norm(dim=1)

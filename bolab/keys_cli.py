@@ -13,7 +13,7 @@ keys_app = typer.Typer(help="API keys of the lab service (see README: Reliabilit
 
 def default_keys_file() -> Path:
     """BOLAB_KEYS_FILE, else `keys` in BOLAB_DATA_DIR (where `bolab up` looks for it)."""
-    from worker.settings import Settings
+    from jobmodel.settings import Settings
 
     settings = Settings()
     return settings.keys_file or settings.data_dir / "keys"
@@ -70,8 +70,8 @@ def webhook_secret(
 ) -> None:
     """Print the key NAME's receivers check webhook signatures with (derived from
     BOLAB_WEBHOOK_SECRET, so one owner's receivers cannot forge another owner's calls)."""
+    from jobmodel.settings import Settings
     from service.webhooks import owner_secret
-    from worker.settings import Settings
 
     master = Settings().webhook_secret
     if not master:

@@ -24,6 +24,7 @@ from bolab.console import emit, err, out
 
 if TYPE_CHECKING:
     from bolab.stack import Stack
+    from jobmodel.settings import Settings
 
 UrlOpt = Annotated[
     str, typer.Option("--url", envvar="BOLAB_URL", help="lab service URL", show_default=True)
@@ -195,23 +196,25 @@ def delete(job_id: JobArg, url: UrlOpt = DEFAULT_URL) -> None:
 
 def openapi() -> None:
     """Print the API's OpenAPI document (`bolab openapi > openapi/openapi.json`)."""
+    from jobmodel.settings import Settings
     from service.main import create_app
 
-    typer.echo(json.dumps(create_app().openapi(), sort_keys=True, indent=2))
+    typer.echo(json.dumps(create_app(Settings()).openapi(), sort_keys=True, indent=2))
 
 
-def _use_redis(redis_url: str | None) -> None:
-    # Settings are read from the environment when the service modules are first imported.
-    if redis_url:
-        os.environ["BOLAB_REDIS_URL"] = redis_url
+def _settings(**overrides: Any) -> Settings:
+    """The environment's settings (`BOLAB_*`), with what the command line says instead."""
+    from jobmodel.settings import Settings
+
+    given = {name: value for name, value in overrides.items() if value is not None}
+    return Settings(**given)
 
 
-def _refuse_open_bind(host: str) -> None:
+def _refuse_open_bind(host: str, settings: Settings) -> None:
     """No API keys configured: serve on loopback only, and say so loudly."""
     from service.auth import is_loopback, keyring
-    from worker.settings import Settings
 
-    if not keyring(Settings()).open:
+    if not keyring(settings).open:
         return
     if not is_loopback(host):
         err.print(
@@ -237,9 +240,11 @@ def api(
     """
     import uvicorn
 
-    _use_redis(redis_url)
-    _refuse_open_bind(host)
-    uvicorn.run("service.main:app", host=host, port=port, log_level="warning")
+    from service.main import create_app
+
+    settings = _settings(redis_url=redis_url)
+    _refuse_open_bind(host, settings)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
 
 
 def worker(
@@ -254,9 +259,11 @@ def worker(
     redis_url: RedisUrlOpt = None,
 ) -> None:
     """Run a Celery worker that trains batches. Reads the Redis URL from BOLAB_REDIS_URL."""
-    _use_redis(redis_url)
-    from worker.celery_app import QUEUES, celery_app
-    from worker.settings import get_settings
+    from jobmodel.queue import QUEUES
+    from worker.celery_app import celery_app, configure
+
+    settings = _settings(redis_url=redis_url)
+    configure(settings)
 
     wanted = [q.strip() for q in queues.split(",") if q.strip()]
     unknown = sorted(set(wanted) - set(QUEUES))
@@ -266,7 +273,7 @@ def worker(
     # batch trains as many runs at once as torch has threads, and admission control counts
     # the memory of BOLAB_MAX_PARALLEL_RUNS of them, so never more.
     threads = int(os.environ.get("OMP_NUM_THREADS") or (os.cpu_count() or 1) // concurrency)
-    threads = min(threads, get_settings().max_parallel_runs)
+    threads = min(threads, settings.max_parallel_runs)
     os.environ["OMP_NUM_THREADS"] = str(max(1, threads))
     if pool == "auto":
         # CUDA must not be used across a fork: GPU workers run batches in their own process.
@@ -304,17 +311,19 @@ def up(
     Ctrl-C stops all three cleanly.
     """
     from bolab.stack import Stack, masked_url, port_free
-    from worker.settings import get_settings
 
-    settings = get_settings()
+    settings = _settings()
     data = data_dir or settings.data_dir
     data.mkdir(mode=0o700, parents=True, exist_ok=True)  # new: its owner's only (keys, Redis)
-    if not os.environ.get("BOLAB_KEYS_FILE"):
+    env: dict[str, str] = {}
+    if settings.keys_file is None:
         # Always, so `bolab keys add` takes effect while we run. A keys file that does not exist
         # is "no keys configured": open, loopback only, with the warning. Once it exists (even
         # emptied later) keys are configured and the API is never open (service.auth.KeyRing).
-        os.environ["BOLAB_KEYS_FILE"] = str((data / "keys").resolve())
-    _refuse_open_bind(host)
+        keys_file = (data / "keys").resolve()
+        settings = _settings(keys_file=keys_file)
+        env["BOLAB_KEYS_FILE"] = str(keys_file)
+    _refuse_open_bind(host, settings)
     if not port_free(redis_port):  # another Redis there: pick a free port, say so below
         redis_port = 0
     stack = Stack(
@@ -325,6 +334,7 @@ def up(
         redis_maxmemory=settings.redis_maxmemory,
         host=host,
         concurrency=concurrency,
+        env=env,
     )
 
     def terminate(*_: object) -> None:

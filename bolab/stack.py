@@ -333,11 +333,16 @@ class WorkerProcess(ManagedProcess):
         pool: str = "auto",
         *,
         worker_name: str | None = None,
+        worker_ttl_s: float | None = None,
         env: dict[str, str] | None = None,
         log_path: Path | None = None,
     ) -> None:
+        from jobmodel.settings import Settings
+
         super().__init__({**(env or {}), "BOLAB_REDIS_URL": redis_url}, log_path)
         self.redis_url = redis_url
+        # How recent its heartbeat must be to count (the workers' setting; default if None).
+        self.worker_ttl_s = worker_ttl_s or Settings.model_fields["worker_ttl_s"].default
         self.queues, self.concurrency, self.pool = queues, concurrency, pool
         # A unique Celery node name, so readiness waits for this worker's own heartbeat.
         unique = f"bolab-{os.getpid()}-{time.monotonic_ns() % 10**9}"
@@ -354,14 +359,13 @@ class WorkerProcess(ManagedProcess):
         ]  # fmt: skip
 
     def ready(self) -> bool:
-        from worker.settings import get_settings
-        from worker.store import JobStore  # the client side of the heartbeat
+        from jobmodel.store import JobStore  # the client side of the heartbeat
 
         store = JobStore.from_url(self.redis_url)
         try:
-            return self.worker_name in store.live_workers(ttl_s=get_settings().worker_ttl_s)
+            return self.worker_name in store.live_workers(ttl_s=self.worker_ttl_s)
         finally:
-            store.redis.close()
+            store.close()
 
 
 class Stack:

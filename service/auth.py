@@ -30,9 +30,9 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from jobmodel.settings import Settings
 from service.errors import ApiError
 from service.schemas import ErrorBody
-from worker.settings import Settings, get_settings
 
 Role = Literal["user", "admin"]
 ROLES: tuple[Role, ...] = ("user", "admin")
@@ -168,7 +168,7 @@ def get_caller(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     header: Annotated[str | None, Security(_header)],
 ) -> Caller:
-    ring = keyring(get_settings())
+    ring = keyring(request.app.state.settings)
     if ring.open:
         return Caller(ANONYMOUS, "admin")
     key = header or (bearer.credentials if bearer else None)

@@ -1,27 +1,28 @@
-"""Dependencies the routes take through `Depends`: settings, the job store, the dispatcher."""
+"""Dependencies the routes take through `Depends`: the app's settings, job store and queue."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from worker.celery_app import enqueue_job
-from worker.settings import Settings, get_settings
-from worker.store import JobStore
+from jobmodel.queue import JobQueue
+from jobmodel.settings import Settings
+from jobmodel.store import JobStore
 
-Enqueue = Callable[[str, str], None]
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
 
 
 def get_store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-def get_enqueue() -> Enqueue:
-    return enqueue_job
+def get_queue(request: Request) -> JobQueue:
+    return request.app.state.queue
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
-EnqueueDep = Annotated[Enqueue, Depends(get_enqueue)]
+QueueDep = Annotated[JobQueue, Depends(get_queue)]

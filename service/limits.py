@@ -23,8 +23,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bo_engine.cost import job_cost
 from bo_engine.spec import JobSpec
+from jobmodel.settings import Settings
 from service.errors import UnsupportedMediaType
-from worker.settings import Settings, get_settings
 
 # spec field -> the setting that bounds it (also the value of every grid axis of that name)
 BOUNDED = {
@@ -45,7 +45,7 @@ class BodyLimit:
     uploads without a Content-Length are limited too.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int | None = None) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
@@ -53,7 +53,7 @@ class BodyLimit:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        limit = self.max_bytes or get_settings().max_body_bytes
+        limit = self.max_bytes
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         too_big = declared.isdigit() and int(declared) > limit
         chunks: list[bytes] = []
@@ -121,13 +121,12 @@ def _number(value: Any) -> float | None:
     return value if math.isfinite(value) else math.inf
 
 
-def precheck(data: Any, settings: Settings | None = None) -> Any:
+def precheck(data: Any, s: Settings) -> Any:
     """Bounds on the raw body, before the spec expands its grid: the number of grid cells, and
     values so large that resolving a cell could overflow. `check_bounds` repeats the size bounds
     on the resolved cells, after pydantic's coercion, whatever the JSON spelling."""
     if not isinstance(data, dict):
         return data  # the spec's own validation says what is wrong
-    s = settings or get_settings()
     grid = data.get("grid") if isinstance(data.get("grid"), dict) else {}
     values = {field: [data.get(field), *_axis(grid, field)] for field in BOUNDED}
     values["d_over_n"] = _axis(grid, "d_over_n")  # d = n d_over_n >= d_over_n
@@ -165,10 +164,9 @@ def _bound(field: str, s: Settings) -> tuple[str, float]:
     return setting, getattr(s, setting)
 
 
-def check_bounds(spec: JobSpec, settings: Settings | None = None) -> JobSpec:
+def check_bounds(spec: JobSpec, s: Settings) -> JobSpec:
     """The size bounds on every resolved cell (the values the engine will use), then the cost
     model's bounds on work, memory, one step and the result (`bo_engine.cost`)."""
-    s = settings or get_settings()
     values: dict[str, list[Any]] = {field: [] for field in BOUNDED}
     values["seed"] = []
     for cell in spec.cells:
@@ -207,5 +205,11 @@ def _show(value: float) -> str:
     return f"{value:.6g}" if math.isfinite(value) else "a huge number"
 
 
-# The body type of POST /v1/jobs: the JobSpec schema, with the bounds around its validation.
-BoundedJobSpec = Annotated[JobSpec, BeforeValidator(precheck), AfterValidator(check_bounds)]
+def bounded_spec(settings: Settings) -> Any:
+    """The body type of POST /v1/jobs: the JobSpec schema, with these bounds around its
+    validation (one type per app, since each app has its own settings)."""
+    return Annotated[
+        JobSpec,
+        BeforeValidator(lambda data: precheck(data, settings)),
+        AfterValidator(lambda spec: check_bounds(spec, settings)),
+    ]

@@ -11,13 +11,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import bo_engine
-from service import errors, live, metrics
+from jobmodel.queue import JobQueue
+from jobmodel.settings import Settings
+from jobmodel.store import JobStore
+from service import errors, live, prometheus
 from service.auth import AUTH_RESPONSES
 from service.browser import LoopbackHostOnly, SecurityHeaders
 from service.limits import BodyLimit
 from service.routes import docs, events, health, jobs, ui
-from worker.settings import Settings, get_settings
-from worker.store import JobStore
 
 DESCRIPTION = """\
 Submit benign-overfitting experiments (a `JobSpec`: one setting or a grid sweep), follow their
@@ -32,15 +33,17 @@ TAGS = [
 ]
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
+def create_app(settings: Settings) -> FastAPI:
+    """The app, configured by `settings` alone: routes and middleware take them from here."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.store = JobStore.from_url(settings.redis_url)
+        app.state.queue = JobQueue.from_settings(settings)
         async with live.running(app, settings):  # event streams, /metrics, webhooks
             yield
-        app.state.store.redis.close()
+        app.state.queue.close()
+        app.state.store.close()
 
     app = FastAPI(
         title="bolab lab service",
@@ -56,7 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(LoopbackHostOnly, settings=settings)
     app.add_middleware(SecurityHeaders)  # on every answer, the 400 of a refused Host included
-    metrics.install(app)  # outermost: counts every answer, 413s included
+    prometheus.install(app)  # outermost: counts every answer, 413s included
+    app.include_router(jobs.submit_router(settings))
     app.include_router(jobs.router)
     app.include_router(events.router, responses=AUTH_RESPONSES)
     app.include_router(health.router)
@@ -65,4 +69,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-app = create_app()
+app = create_app(Settings())  # `uvicorn service.main:app`: settings from BOLAB_* variables

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from worker.events import progress_data
-from worker.store import JOB_ID_PATTERN, JobRecord, JobStatus, Progress
+from jobmodel.events import progress_data
+from jobmodel.store import JOB_ID_PATTERN, JobRecord, JobStatus, Progress
 
 JOB_ID_EXAMPLE = "0193a1b2c3d4e5f60718"
 # The `{job_id}` of every route: anything but a job id answers 404 (service.errors), like an

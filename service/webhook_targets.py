@@ -18,7 +18,7 @@ from urllib.parse import SplitResult, urlsplit
 import httpx
 from fastapi.exceptions import RequestValidationError
 
-from worker.settings import Settings
+from jobmodel.settings import Settings
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # NAT64 addresses carry an IPv4 address in their last 32 bits (RFC 6052).

@@ -6,7 +6,7 @@ is `service.webhook_targets`' business (allowed hosts and ports, public addresse
 is accepted only when `BOLAB_WEBHOOK_SECRET` is set (else 422): receivers must be able to check
 where a call came from.
 
-Delivery never runs in a worker. The process that ends a job (`worker.events.job_ended`) only
+Delivery never runs in a worker. The process that ends a job (`jobmodel.events.job_ended`) only
 puts its id in the `bolab:webhooks:due` sorted set (score: when due). Every API process runs
 `Deliverer.run_forever`, which claims due ids (pushing their score a lease ahead, so a crashed
 deliverer's claim comes due again) and runs each delivery as a task of its own: at most
@@ -37,23 +37,18 @@ from typing import Any
 import httpx
 import redis
 
+from jobmodel import logs
+from jobmodel.outbox import Outbox
+from jobmodel.settings import Settings
+from jobmodel.store import JobStore
 from service import webhook_targets as targets
 from service.schemas import job_view
-from worker import keys, logs
-from worker.settings import Settings
-from worker.store import JobStore
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Bolab-Signature-256"
 TIMESTAMP_HEADER = "X-Bolab-Timestamp"
 TOLERANCE_S = 300  # how far from now a receiver should accept a timestamp
 
-# Claim up to ARGV[3] due ids: push each one's score to ARGV[2] (the claim's lease), return them.
-_CLAIM = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
-return ids
-"""
 
 
 def owner_secret(master: str, owner: str) -> str:
@@ -85,10 +80,6 @@ def verify(
     return fresh and hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
-def attach(store: JobStore, job_id: str, url: str) -> None:
-    store.redis.hset(keys.job(job_id), "notify_url", url)
-
-
 def payload(store: JobStore, job_id: str) -> tuple[str, bytes] | None:
     """The job's owner and the document its webhook carries; None when the job is gone."""
     job = store.get(job_id)
@@ -113,7 +104,7 @@ async def read_at_most(response: httpx.Response, cap: int) -> int:
 class Deliverer:
     def __init__(self, store: JobStore, settings: Settings) -> None:
         self.store, self.settings = store, settings
-        self._claim = store.redis.register_script(_CLAIM)
+        self.outbox = Outbox(store)
         self._flying: set[str] = set()  # job ids whose delivery runs in this process
         self._busy: Counter[str] = Counter()  # receiver -> its deliveries in flight
         # Name lookups block a thread each: their own threads, never the event loop's.
@@ -158,9 +149,7 @@ class Deliverer:
         return [job_id for job_id in due if job_id not in self._flying]
 
     def _due(self, limit: int) -> list[str]:
-        now = time.time()
-        lease = now + 2 * self.settings.webhook_timeout_s + 5
-        return list(self._claim(keys=[keys.WEBHOOKS_DUE], args=[now, lease, limit]))
+        return self.outbox.claim(limit, 2 * self.settings.webhook_timeout_s + 5)
 
     async def _guarded(self, http: httpx.AsyncClient, job_id: str) -> None:
         try:
@@ -173,7 +162,7 @@ class Deliverer:
             self._flying.discard(job_id)
 
     async def _deliver(self, http: httpx.AsyncClient, job_id: str) -> None:
-        url = await asyncio.to_thread(self.store.redis.hget, keys.job(job_id), "notify_url")
+        url = await asyncio.to_thread(self.outbox.url, job_id)
         document = await asyncio.to_thread(payload, self.store, job_id)
         if not url or document is None:
             await asyncio.to_thread(self._settle, job_id, "dropped")
@@ -194,9 +183,7 @@ class Deliverer:
     async def _attempt(
         self, http: httpx.AsyncClient, job_id: str, url: str, owner: str, body: bytes
     ) -> None:
-        attempt = await asyncio.to_thread(
-            self.store.redis.hincrby, keys.WEBHOOK_ATTEMPTS, job_id, 1
-        )
+        attempt = await asyncio.to_thread(self.outbox.count_attempt, job_id)
         timestamp = int(time.time())
         headers = {
             "Content-Type": "application/json",
@@ -255,12 +242,7 @@ class Deliverer:
         return status is not None and 200 <= status < 300, f"HTTP {status}"
 
     def _reschedule(self, job_id: str, delay: float) -> None:
-        self.store.redis.zadd(keys.WEBHOOKS_DUE, {job_id: time.time() + delay})
+        self.outbox.reschedule(job_id, delay)
 
     def _settle(self, job_id: str, result: str) -> None:
-        pipe = self.store.redis.pipeline(transaction=True)
-        pipe.zrem(keys.WEBHOOKS_DUE, job_id)
-        pipe.hdel(keys.WEBHOOK_ATTEMPTS, job_id)
-        pipe.execute()
-        # What became of it, for operators; nothing when the job was deleted meanwhile.
-        self.store.annotate(job_id, "webhook", result)
+        self.outbox.settle(job_id, result)

@@ -14,9 +14,11 @@ import pytest
 
 from bolab.client import LabClient
 from bolab.stack import ApiServer, RedisServer, WorkerProcess
+from jobmodel.settings import Settings
+from jobmodel.store import JobStore
 from tests.engine_helpers import force_batched_path
 from tests.helpers import keyed_api_on_own_redis
-from worker.store import JobStore
+from tests.inprocess import AppClient, app_client
 
 
 @pytest.fixture(params=["compiled_loop", "batched"])
@@ -80,6 +82,21 @@ def lab(api_server: ApiServer, worker_process: WorkerProcess) -> Iterator[LabCli
     """A client of the live service, with a worker behind it."""
     assert api_server.alive and worker_process.alive, "a service process died; see its log"
     with LabClient(api_server.url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def app(redis_server: RedisServer) -> Iterator[AppClient]:
+    """The API in this process, open (no keys), on the session's Redis; no worker."""
+    with app_client(Settings(redis_url=redis_server.url)) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def secured_app(redis_server: RedisServer, lab_dir: Path, api_keys: dict) -> Iterator[AppClient]:
+    """The API in this process with the keys of `api_keys`, on the session's Redis."""
+    settings = Settings(redis_url=redis_server.url, keys_file=lab_dir / "keys")
+    with app_client(settings) as client:
         yield client
 
 

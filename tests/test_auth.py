@@ -1,4 +1,4 @@
-"""Issue 4.1: API keys and isolation, against a real uvicorn API with a keys file.
+"""API keys and isolation, against a real uvicorn API with a keys file (and in process).
 
 Users see, list, read, plot and cancel only their own jobs (another's answers 404, exactly like
 a missing one); an admin sees all; no valid key: 401; keys never reach a log; `bolab keys add`
@@ -16,6 +16,7 @@ import pytest
 from bolab.client import LabClient, LabError
 from bolab.stack import BOLAB, ApiServer, free_port
 from tests.helpers import ENDLESS, TINY, eventually
+from tests.inprocess import AppClient
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -45,14 +46,15 @@ def alice_job(secured_api: ApiServer, api_keys: dict[str, str]) -> str:
     [{}, {"Authorization": "Bearer nope"}, {"X-API-Key": "bolab_wrong"}, {"Authorization": "x"}],
     ids=["none", "bad-bearer", "bad-x-api-key", "not-bearer"],
 )
-def test_no_valid_key_is_401(secured_api: ApiServer, alice_job: str, headers: dict) -> None:
-    with httpx.Client(base_url=secured_api.url, headers=headers) as http:
-        for method, path in [("GET", "/v1/jobs"), ("POST", "/v1/jobs")] + JOB_ROUTES:
-            response = http.request(method, path.format(id=alice_job), json=TINY)
-            assert response.status_code == 401, (method, path, response.text)
-            assert "API key" in response.json()["detail"]
-            assert response.headers["www-authenticate"] == "Bearer"
-        assert http.get("/healthz").status_code == 200  # probes stay open
+@pytest.mark.fast
+def test_no_valid_key_is_401(secured_app: AppClient, headers: dict) -> None:
+    job_id = "0123456789abcdef0123"  # answered before any job is looked up
+    for method, path in [("GET", "/v1/jobs"), ("POST", "/v1/jobs")] + JOB_ROUTES:
+        response = secured_app.request(method, path.format(id=job_id), json=TINY, headers=headers)
+        assert response.status_code == 401, (method, path, response.text)
+        assert "API key" in response.json()["detail"]
+        assert response.headers["www-authenticate"] == "Bearer"
+    assert secured_app.get("/healthz", headers=headers).status_code == 200  # probes stay open
 
 
 def test_both_header_forms_work(secured_api: ApiServer, api_keys: dict, alice_job: str) -> None:

@@ -14,6 +14,8 @@ from bo_engine.chunks import Stopped
 from bo_engine.data import make_test_set, make_train_set
 from bo_engine.spec import JobSpec
 
+pytestmark = pytest.mark.fast
+
 F64 = torch.float64
 
 

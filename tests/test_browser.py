@@ -9,24 +9,25 @@ import re
 import httpx
 import pytest
 
-from bolab.stack import ApiServer
+from tests.inprocess import AppClient
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.fast]
+PORT = 8000  # the port a browser would name in the Host header; the app sees only the header
 
 
-def _get(api: ApiServer, path: str, host: str | None = None, **headers: str) -> httpx.Response:
+def _get(app: AppClient, path: str, host: str | None = None, **headers: str) -> httpx.Response:
     if host is not None:
         headers["Host"] = host
-    return httpx.get(f"{api.url}{path}", headers=headers, timeout=30)
+    return app.get(path, headers=headers)
 
 
 @pytest.mark.parametrize(
     "host", ["evil.example", "evil.example:{port}", "127.0.0.1.nip.io:{port}", "localhost.:{port}",
              "0.0.0.0:{port}", "192.168.1.10:{port}", "[::1", ""],
 )  # fmt: skip
-def test_open_mode_refuses_other_host_names(api_server: ApiServer, host: str) -> None:
+def test_open_mode_refuses_other_host_names(app: AppClient, host: str) -> None:
     for path in ("/v1/jobs", "/ui/", "/healthz", "/docs"):
-        response = _get(api_server, path, host.format(port=api_server.port))
+        response = _get(app, path, host.format(port=PORT))
         assert response.status_code == 400, (path, host, response.text)
         assert "localhost, 127.0.0.1 or [::1]" in response.json()["detail"]
 
@@ -35,21 +36,21 @@ def test_open_mode_refuses_other_host_names(api_server: ApiServer, host: str) ->
     "host", ["127.0.0.1:{port}", "localhost:{port}", "LOCALHOST:{port}", "[::1]:{port}",
              "localhost", "127.0.0.1"],
 )  # fmt: skip
-def test_open_mode_answers_loopback_host_names(api_server: ApiServer, host: str) -> None:
-    response = _get(api_server, "/v1/jobs", host.format(port=api_server.port))
+def test_open_mode_answers_loopback_host_names(app: AppClient, host: str) -> None:
+    response = _get(app, "/v1/jobs", host.format(port=PORT))
     assert response.status_code == 200, response.text
 
 
-def test_keyed_mode_serves_any_host_name(secured_api: ApiServer, api_keys: dict) -> None:
+def test_keyed_mode_serves_any_host_name(secured_app: AppClient, api_keys: dict) -> None:
     """With keys, every request needs one anyway: a deployment may have any name."""
     key = {"X-API-Key": api_keys["alice"]}
-    assert _get(secured_api, "/v1/jobs", "lab.example.org", **key).status_code == 200
-    assert _get(secured_api, "/v1/jobs", "lab.example.org").status_code == 401
+    assert _get(secured_app, "/v1/jobs", "lab.example.org", **key).status_code == 200
+    assert _get(secured_app, "/v1/jobs", "lab.example.org").status_code == 401
 
 
 @pytest.mark.parametrize("path", ["/ui/", "/ui/app.js", "/ui/style.css"])
-def test_web_page_sends_security_headers(api_server: ApiServer, path: str) -> None:
-    response = _get(api_server, path)
+def test_web_page_sends_security_headers(app: AppClient, path: str) -> None:
+    response = _get(app, path)
     assert response.status_code == 200
     assert response.headers["X-Frame-Options"] == "DENY"
     assert response.headers["X-Content-Type-Options"] == "nosniff"
@@ -61,34 +62,34 @@ def test_web_page_sends_security_headers(api_server: ApiServer, path: str) -> No
     assert "'unsafe-inline'" not in policy["style-src"]
 
 
-def test_api_answers_allow_nothing_to_render(api_server: ApiServer) -> None:
-    response = _get(api_server, "/v1/jobs")
+def test_api_answers_allow_nothing_to_render(app: AppClient) -> None:
+    response = _get(app, "/v1/jobs")
     assert _policy(response)["default-src"] == ["'none'"]
     assert response.headers["X-Content-Type-Options"] == "nosniff"
 
 
-def test_docs_are_served_from_the_package(api_server: ApiServer) -> None:
-    page = _get(api_server, "/docs")
+def test_docs_are_served_from_the_package(app: AppClient) -> None:
+    page = _get(app, "/docs")
     assert page.status_code == 200
     sources = re.findall(r'(?:src|href)="([^"]+)"', page.text)
     assert sources and all(s.startswith("/docs/assets/") for s in sources), sources
     assert "cdn" not in page.text.lower() and "https://" not in page.text
     for source in sources:  # every asset is here, as its own type
-        asset = _get(api_server, source)
+        asset = _get(app, source)
         assert asset.status_code == 200, source
         assert asset.headers["content-type"].split(";")[0] in (
             "text/javascript", "application/javascript", "text/css", "image/png",
         )  # fmt: skip
-    bundle = _get(api_server, "/docs/assets/swagger-ui-bundle.js").text
+    bundle = _get(app, "/docs/assets/swagger-ui-bundle.js").text
     assert "SwaggerUIBundle" in bundle
     # Swagger UI 5 or later reads OpenAPI 3.1, the version of this API's document.
-    assert _get(api_server, "/openapi.json").json()["openapi"].startswith("3.1")
+    assert _get(app, "/openapi.json").json()["openapi"].startswith("3.1")
     assert re.search(r'"5\.\d+\.\d+"', bundle)
     # Its one inline script runs by hash; nothing else inline does.
     policy = _policy(page)
     assert any(s.startswith("'sha256-") for s in policy["script-src"])
     assert "'unsafe-inline'" not in policy["script-src"]
-    assert _get(api_server, "/redoc").status_code == 404  # one docs page, not two
+    assert _get(app, "/redoc").status_code == 404  # one docs page, not two
 
 
 def _policy(response: httpx.Response) -> dict[str, list[str]]:

@@ -12,6 +12,8 @@ from bo_engine.data import make_train_set
 from bo_engine.model import init_weights
 from bo_engine.spec import JobSpec
 
+pytestmark = pytest.mark.fast
+
 F64 = torch.float64
 
 

@@ -79,8 +79,8 @@ def test_monitoring_profile() -> None:
 
     dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "bolab.json").read_text())
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
-    # Every metric the dashboard queries is one the API exports (names from service.metrics).
-    from service.metrics import COUNTERS, HISTOGRAMS
+    # Every metric the dashboard queries is one the API exports (names from service.prometheus).
+    from service.prometheus import COUNTERS, HISTOGRAMS
 
     exported = {"bolab_jobs", "bolab_queue_depth", "bolab_workers", "bolab_jobs_running"}
     exported |= {f"bolab_{n}" for n, *_ in COUNTERS} | {f"bolab_{n}_bucket" for n, *_ in HISTOGRAMS}
@@ -100,7 +100,7 @@ def test_monitoring_profile() -> None:
 def test_redis_is_capped_like_bolab_up() -> None:
     """Compose's Redis has a maxmemory (never evicting), from the same variable and with the
     same default as the Redis `bolab up` starts."""
-    from worker.settings import Settings
+    from jobmodel.settings import Settings
 
     command = compose()["services"]["redis"]["command"]
     cap = command[command.index("--maxmemory") + 1]

@@ -13,6 +13,8 @@ import pytest
 from bo_engine.cost import job_cost, run_cost
 from bo_engine.spec import JobSpec
 
+pytestmark = pytest.mark.fast
+
 PEAK_RSS = """
 import json, resource, sys
 from bo_engine.runner import run_spec

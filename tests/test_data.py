@@ -11,6 +11,8 @@ from bo_engine.data import draw_test_outputs, make_test_set, make_train_set, sig
 from bo_engine.model import init_weights
 from bo_engine.spec import Cell, JobSpec
 
+pytestmark = pytest.mark.fast
+
 
 def make_cell(**fields) -> Cell:
     base = {"n": 40, "d": 30, "gamma": 0.2, "n_test": 50}

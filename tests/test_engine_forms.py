@@ -15,7 +15,9 @@ import bo_engine.train as train_mod
 from bo_engine.data import make_train_set
 from bo_engine.model import init_weights, outer_weights
 from bo_engine.spec import JobSpec
-from bo_engine.train import RunSetup, _Batch, _build, _outputs, _resync, _step, _weight_norms
+from bo_engine.train import RunSetup, _build, _LiveRuns, _outputs, _resync, _step, _weight_norms
+
+pytestmark = pytest.mark.fast
 
 F64 = torch.float64
 CPU = torch.device("cpu")
@@ -86,7 +88,8 @@ def test_active_column_update_equals_dense_update(active_path) -> None:
     active = (yf < 1).sum(1)
     assert 2 * int(active.max()) < yf.shape[1]  # the active-column path applies
     assert int(active.min()) < int(active.max())  # runs are padded with inactive columns
-    dense = _Batch(**{k: v.clone() if torch.is_tensor(v) else v for k, v in vars(sparse).items()})
+    copies = {k: v.clone() if torch.is_tensor(v) else v for k, v in vars(sparse).items()}
+    dense = _LiveRuns(**copies)
     calls = len(active_path)
     _step(sparse, a, yf)
     assert len(active_path) == calls + 1  # this step took the active-column path

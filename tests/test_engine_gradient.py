@@ -17,6 +17,8 @@ from bo_engine.spec import Cell, JobSpec
 from bo_engine.train import RunSetup, _build, _outputs, _step
 from tests.engine_helpers import train_runs
 
+pytestmark = pytest.mark.fast
+
 F64 = torch.float64
 CPU = torch.device("cpu")
 

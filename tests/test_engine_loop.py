@@ -23,6 +23,8 @@ from bo_engine.spec import JobSpec
 from bo_engine.train import RunSetup, _build, _outputs, _step
 from tests.engine_helpers import force_batched_path, train_runs
 
+pytestmark = pytest.mark.fast
+
 F64 = torch.float64
 CPU = torch.device("cpu")
 STEPS = 200

@@ -1,4 +1,4 @@
-"""Issue 4.4 and 4.5: faults injected for real into a stack of its own (Redis, API, worker).
+"""Faults injected for real into a stack of its own (Redis, API, worker).
 
 - A worker SIGKILLed in the middle of a batch: once a worker runs again, the job completes with
   every run exactly once, within the bound the reaper guarantees (worker.reaper).
@@ -21,10 +21,10 @@ import httpx
 import pytest
 import redis
 
+from jobmodel import keys
+from jobmodel.store import JobStore
 from tests.helpers import ENDLESS, TINY, OwnLab, ended, eventually
-from worker import keys
-from worker.reaper import broker_view
-from worker.store import JobStore
+from worker.broker import broker_view
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""Issue 4.3: `Idempotency-Key` on POST /v1/jobs, against a real uvicorn API and Redis.
+"""`Idempotency-Key` on POST /v1/jobs, against a real uvicorn API and Redis.
 
 Same key and body: the same job (a retry after a lost answer creates nothing); same key, other
 body: 409; keys are scoped per caller; concurrent retries race to exactly one job.

@@ -20,12 +20,13 @@ import redis
 
 from bolab.client import LabClient, LabError
 from bolab.stack import ApiServer, RedisServer
+from jobmodel import keys
+from jobmodel.settings import Settings
+from jobmodel.store import Deletion, JobStatus, JobStore
 from tests.helpers import ENDLESS, TINY, eventually
 from tests.test_metrics_service import scrape, value
-from worker import keys
-from worker.reaper import Lease, Reaper
-from worker.settings import Settings
-from worker.store import Deletion, JobStatus, JobStore
+from worker.lease import Lease
+from worker.reaper import Reaper
 
 pytestmark = pytest.mark.timeout(120)
 

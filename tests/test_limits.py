@@ -1,4 +1,4 @@
-"""Limits and hostile input, against real uvicorn APIs.
+"""Limits and hostile input: in-process apps, and real uvicorn APIs where the socket matters.
 
 Bodies over the size limit: 413 before parsing. Jobs over a bound: 422 naming the bound (and the
 estimate, for cost and memory), answered fast because the grid is never expanded. Per key: at
@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from bolab.client import LabClient
-from bolab.stack import ApiServer
+from bolab.stack import ApiServer, RedisServer
+from jobmodel.settings import Settings
 from tests.helpers import TINY
+from tests.inprocess import AppClient, app_client
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -79,55 +82,69 @@ def _detail(response: httpx.Response) -> str:
     ],
     ids=lambda v: "" if isinstance(v, list) else None,
 )
-def test_over_a_bound_is_422_naming_it(lab: LabClient, spec: dict, named: list[str]) -> None:
+@pytest.mark.fast
+def test_over_a_bound_is_422_naming_it(app: AppClient, spec: dict, named: list[str]) -> None:
     started = time.perf_counter()
-    response = lab.http.post("/v1/jobs", json=spec)
+    response = app.post("/v1/jobs", json=spec)
     assert time.perf_counter() - started < 2.0  # nothing huge was built
     assert response.status_code == 422, response.text
     for words in named:
         assert words in _detail(response)
 
 
-def test_exponent_spelling_is_bounded_too(lab: LabClient) -> None:
+@pytest.mark.fast
+def test_exponent_spelling_is_bounded_too(app: AppClient) -> None:
     body = b'{"n": 6e3, "d": 40, "width": 16, "max_steps": 10, "n_test": 10}'
-    response = lab.http.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
+    response = app.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 422, response.text
     assert "n = 6000 is over the bound max_n = 5000" in _detail(response)
 
 
+@pytest.mark.fast
 def test_bounds_hold_after_coercion_whatever_the_precheck_sees() -> None:
     """The resolved cells are checked again: a spelling the raw precheck cannot read as a
     number is still bounded by the values the engine would use."""
     from bo_engine.spec import JobSpec
+    from jobmodel.settings import Settings
     from service.limits import check_bounds
 
     spec = JobSpec.model_validate({**TINY, "grid": {"n": ["6000"], "seeds": [1, "1001"]}})
     with pytest.raises(ValueError, match="n = 6000 is over the bound max_n") as err:
-        check_bounds(spec)
+        check_bounds(spec, Settings())
     assert "seeds = 1001 is over the bound max_seeds = 1000" in str(err.value)
 
 
-def test_paper_examples_are_within_the_bounds(lab: LabClient) -> None:
+@pytest.mark.fast
+def test_paper_examples_are_within_the_bounds() -> None:
     from pydantic import TypeAdapter
 
-    from service.limits import BoundedJobSpec
+    from jobmodel.settings import Settings
+    from service.limits import bounded_spec
 
+    bounded = TypeAdapter(bounded_spec(Settings()))
     for name in ("paper_gamma", "paper_heatmap"):
         with open(f"examples/{name}.json") as spec:
-            TypeAdapter(BoundedJobSpec).validate_python(json.load(spec))  # no error
+            bounded.validate_python(json.load(spec))  # no error
 
 
-def test_body_over_the_limit_is_413(idle_lab: ApiServer, api_keys: dict) -> None:
-    headers = {"X-API-Key": api_keys["alice"], "content-type": "application/json"}
+@pytest.mark.fast
+def test_body_over_the_limit_is_413(redis_server: RedisServer) -> None:
+    headers = {"content-type": "application/json"}
     big = json.dumps({**TINY, "grid": {"gamma": [0.1] * 2000}}).encode()
     assert len(big) > 4096
-    response = httpx.post(f"{idle_lab.url}/v1/jobs", content=big, headers=headers)
-    assert response.status_code == 413
-    assert "larger than 4096 bytes" in response.json()["detail"]
-    # no Content-Length (chunked upload): counted as it arrives
-    chunks = (big[i : i + 1000] for i in range(0, len(big), 1000))
-    response = httpx.post(f"{idle_lab.url}/v1/jobs", content=chunks, headers=headers)
-    assert response.status_code == 413
+    with app_client(Settings(redis_url=redis_server.url, max_body_bytes=4096)) as app:
+        response = app.post("/v1/jobs", content=big, headers=headers)
+        assert response.status_code == 413
+        assert "larger than 4096 bytes" in response.json()["detail"]
+        # no Content-Length (chunked upload): counted as it arrives
+        chunks = [big[i : i + 1000] for i in range(0, len(big), 1000)]
+
+        async def chunked() -> AsyncIterator[bytes]:
+            for chunk in chunks:
+                yield chunk
+
+        response = app.post("/v1/jobs", content=chunked(), headers=headers)
+        assert response.status_code == 413
 
 
 def test_lying_content_length_is_413_without_reading(idle_lab: ApiServer) -> None:
@@ -170,9 +187,10 @@ def test_active_jobs_cap_is_429_with_retry_after(idle_lab: ApiServer, api_keys: 
         (b'{"n": 20, "d": 40}', "", ""),
     ],
 )
+@pytest.mark.fast
 def test_more_hostile_bodies_are_4xx_with_a_message(
-    lab: LabClient, body: bytes, content_type: str, words: str
+    app: AppClient, body: bytes, content_type: str, words: str
 ) -> None:
-    response = lab.http.post("/v1/jobs", content=body, headers={"content-type": content_type})
+    response = app.post("/v1/jobs", content=body, headers={"content-type": content_type})
     assert 400 <= response.status_code < 500, response.text
     assert words in _detail(response)

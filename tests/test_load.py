@@ -1,4 +1,4 @@
-"""Issue 4.7: 300 small jobs from 16 concurrent clients on loopback: every one accepted, every
+"""300 small jobs from 16 concurrent clients on loopback: every one accepted, every
 one succeeds, each result present once. Bounded: 300 jobs, 16 clients, minutes at most."""
 
 from __future__ import annotations

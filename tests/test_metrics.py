@@ -13,6 +13,8 @@ from bo_engine.results import describe
 from bo_engine.spec import Cell, TheoryRule
 from bo_engine.theory import theory
 
+pytestmark = pytest.mark.fast
+
 F64 = torch.float64
 
 

@@ -13,9 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bolab.client import LabClient
 from bolab.stack import ApiServer, RedisServer, WorkerProcess
+from jobmodel.store import JobStore
 from tests.helpers import TINY, eventually
 from tests.test_service_jobs import SLOW_GRID
-from worker.store import JobStore
 
 pytestmark = pytest.mark.timeout(240)
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -12,8 +12,8 @@ import pytest
 
 from bench.health_under_load import ResultsLoad, own_api, probe_health, store_big_job
 from bolab.stack import ApiServer
+from jobmodel.store import JobStore
 from tests.helpers import eventually
-from worker.store import JobStore
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from bo_engine.plan import assemble_result, plan_batches
-from bo_engine.runner import engine_info, run_batch, run_spec
+from bo_engine.runner import batch_cells, engine_info, run_spec
 from bo_engine.spec import JobSpec
+
+pytestmark = pytest.mark.fast
 
 CPU = torch.device("cpu")
 
@@ -75,12 +77,12 @@ def test_same_seed_same_result_with_the_baseline() -> None:
 
 
 def test_batches_reproduce_run_spec(first_run) -> None:
-    """The worker's path (plan_batches, then run_batch per batch, in any order) gives the local
+    """The worker's path (plan_batches, then batch_cells per batch, in any order) gives the local
     path's result exactly."""
     s, result = first_run
     batches = plan_batches(s)
     assert sorted(i for b in batches for i in b.cell_indices) == list(range(len(s.cells)))
-    cells = [cell for b in reversed(batches) for cell in run_batch(s, b, device=CPU)]
+    cells = [cell for b in reversed(batches) for cell in batch_cells(s, b, device=CPU)]
     assembled = assemble_result(s, cells, engine_info(CPU, s.dtype, 0.0))
     assert without_wall_time(assembled) == without_wall_time(result)
 

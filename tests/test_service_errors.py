@@ -7,9 +7,10 @@ import json
 import pytest
 
 from bolab.client import LabClient
+from jobmodel import keys
+from jobmodel.store import JobStore
 from tests.helpers import TINY
-from worker import keys
-from worker.store import JobStore
+from tests.inprocess import AppClient
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,29 +29,33 @@ BAD_SPECS = [
 ]
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(("spec", "fields"), BAD_SPECS)
-def test_bad_spec_is_422_naming_fields(lab: LabClient, spec: dict, fields: list[str]) -> None:
-    response = lab.http.post("/v1/jobs", json=spec)
+def test_bad_spec_is_422_naming_fields(app: AppClient, spec: dict, fields: list[str]) -> None:
+    response = app.post("/v1/jobs", json=spec)
     assert response.status_code == 422
     detail = json.dumps(response.json()["detail"])
     for field in fields:
         assert field in detail, f"{field!r} not named in {detail}"
 
 
-def test_malformed_json_is_422(lab: LabClient) -> None:
-    response = lab.http.post(
+@pytest.mark.fast
+def test_malformed_json_is_422(app: AppClient) -> None:
+    response = app.post(
         "/v1/jobs", content=b'{"n": 20, "d":', headers={"content-type": "application/json"}
     )
     assert response.status_code == 422
     assert response.json()["detail"][0]["type"] == "json_invalid"
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("body", [b"[]", b"42", b'"spec"', b"null"])
-def test_non_object_body_is_422(lab: LabClient, body: bytes) -> None:
-    response = lab.http.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
+def test_non_object_body_is_422(app: AppClient, body: bytes) -> None:
+    response = app.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 422
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     ("method", "path"),
     [
@@ -62,17 +67,19 @@ def test_non_object_body_is_422(lab: LabClient, body: bytes) -> None:
     ],
 )
 @pytest.mark.parametrize("job_id", ["0000000000000000dead", "no-such-job", "%E2%9C%93"])
-def test_unknown_job_is_404(lab: LabClient, method: str, path: str, job_id: str) -> None:
-    response = lab.http.request(method, path.format(id=job_id))
+def test_unknown_job_is_404(app: AppClient, method: str, path: str, job_id: str) -> None:
+    response = app.request(method, path.format(id=job_id))
     assert response.status_code == 404
     assert "no job" in response.json()["detail"]
 
 
-def test_bad_results_format_is_422(lab: LabClient) -> None:
-    job_id = lab.submit(TINY)["id"]
-    assert lab.http.get(f"/v1/jobs/{job_id}/results?format=xml").status_code == 422
+@pytest.mark.fast
+def test_bad_results_format_is_422(app: AppClient) -> None:
+    job_id = app.post("/v1/jobs", json=TINY).json()["id"]
+    assert app.get(f"/v1/jobs/{job_id}/results?format=xml").status_code == 422
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     ("body", "content_type"),
     [
@@ -87,8 +94,8 @@ def test_bad_results_format_is_422(lab: LabClient) -> None:
         (b'{"n": 20, "d": 40}', "text/plain"),
     ],
 )
-def test_hostile_bodies_are_4xx(lab: LabClient, body: bytes, content_type: str) -> None:
-    response = lab.http.post("/v1/jobs", content=body, headers={"content-type": content_type})
+def test_hostile_bodies_are_4xx(app: AppClient, body: bytes, content_type: str) -> None:
+    response = app.post("/v1/jobs", content=body, headers={"content-type": content_type})
     assert 400 <= response.status_code < 500, response.text
     assert "detail" in response.json()
 
@@ -136,6 +143,7 @@ def test_malformed_job_ids_are_404(lab: LabClient, store: JobStore) -> None:
     assert lab.status(job_id)["status"] == "succeeded"  # nothing was changed
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     ("method", "path", "allowed"),
     [
@@ -145,9 +153,9 @@ def test_malformed_job_ids_are_404(lab: LabClient, store: JobStore) -> None:
     ],
 )
 def test_405_names_every_method_of_the_path(
-    lab: LabClient, method: str, path: str, allowed: str
+    app: AppClient, method: str, path: str, allowed: str
 ) -> None:
-    response = lab.http.request(method, path)
+    response = app.request(method, path)
     assert response.status_code == 405
     assert response.headers["allow"] == allowed  # not only those of the first route that matched
     assert response.json() == {"detail": "Method Not Allowed"}

@@ -7,10 +7,10 @@ from celery import Celery
 
 from bolab.client import LabClient
 from bolab.stack import RedisServer
+from jobmodel import keys
+from jobmodel.queue import PLAN_JOB, RUN_BATCH
+from jobmodel.store import JobStatus, JobStore
 from tests.helpers import TINY
-from worker import keys
-from worker.celery_app import PLAN_JOB, RUN_BATCH
-from worker.store import JobStatus, JobStore
 
 pytestmark = pytest.mark.timeout(60)
 

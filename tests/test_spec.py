@@ -11,6 +11,8 @@ from pydantic import ValidationError
 
 from bo_engine.spec import GRID_AXES, Cell, JobSpec
 
+pytestmark = pytest.mark.fast
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 BASE = {"n": 20, "d": 40}
 

@@ -24,7 +24,7 @@ from tests.engine_helpers import train_runs
 
 F64 = torch.float64
 # Every test here runs on both training paths of a CPU (tests/conftest.py).
-pytestmark = pytest.mark.usefixtures("engine_path")
+pytestmark = [pytest.mark.fast, pytest.mark.usefixtures("engine_path")]
 
 
 def run(setups: list[RunSetup], dtype=F64) -> dict[int, dict[str, Any]]:

@@ -29,9 +29,9 @@ import pytest
 
 from bolab.client import LabClient, LabError
 from bolab.stack import BOLAB, ApiServer, RedisServer, WorkerProcess
+from jobmodel import keys
+from jobmodel.store import JobStore
 from tests.helpers import ENDLESS, TINY, eventually, keyed_api_on_own_redis
-from worker import keys
-from worker.store import JobStore
 
 pytestmark = pytest.mark.timeout(120)
 SECRET = "test-webhook-secret"
@@ -436,8 +436,8 @@ def test_public_addresses(address: str, is_public: bool) -> None:
 def test_pinned_https_keeps_host_and_server_name(tmp_path: Path) -> None:
     """The POST goes to the checked address, yet the receiver sees its own name in `Host` and
     in TLS (SNI), and the certificate is checked against that name, not the address."""
+    from jobmodel.settings import Settings
     from service.webhook_targets import resolve
-    from worker.settings import Settings
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
@@ -495,8 +495,8 @@ def test_one_receiver_holds_at_most_its_share(
 ) -> None:
     """Two deliveries in flight at most, one per receiver: three stuck on one receiver still
     leave a slot for another receiver's (a deliverer in this process, on a Redis of its own)."""
-    from service.webhooks import Deliverer, attach
-    from worker.settings import Settings
+    from jobmodel.settings import Settings
+    from service.webhooks import Deliverer
 
     redis = RedisServer(tmp_path / "redis", log_path=tmp_path / "redis.log")
     redis.start()
@@ -515,8 +515,9 @@ def test_one_receiver_holds_at_most_its_share(
     slow_receiver.script["/share"] = ["trickle"]
 
     def ended(url: str) -> str:
-        job = store.create(dict(TINY), runs_total=2, cells_total=1, queue="cpu")
-        attach(store, job.id, url)
+        job = store.create(
+            dict(TINY), runs_total=2, cells_total=1, queue="cpu", notify_url=url
+        )
         store.cancel(job.id)  # ends it: its webhook is due
         return job.id
 

@@ -1,61 +1,55 @@
-"""The Celery app: Redis broker, the settings that keep jobs from being lost, two queues.
+"""The workers' Celery app: the queues of `jobmodel.queue`, plus what keeps jobs from being lost.
 
-Importing this module must stay cheap and torch-free: the API imports it to enqueue. Task code
-(which imports the engine) lives in `worker.tasks` and is loaded only by worker processes.
+Task code (which imports the engine) lives in `worker.tasks`, which this app includes. The
+worker's settings are read once, when this module is imported (a worker process's entry), or
+given by `configure` before the worker starts (`bolab worker --redis-url`); the tasks, the
+heartbeat and the reaper take them from `settings()`.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
-from kombu import Exchange, Queue
 
-from worker.settings import get_settings
-
-CPU_QUEUE = "cpu"
-GPU_QUEUE = "gpu"
-QUEUES = (CPU_QUEUE, GPU_QUEUE)
-
-PLAN_JOB = "bolab.plan_job"
-RUN_BATCH = "bolab.run_batch"
+from jobmodel.queue import celery_client
+from jobmodel.settings import Settings
 
 
-def queue_for(device: str) -> str:
-    """Jobs that ask for CUDA go to GPU workers; "auto" and "cpu" run anywhere a CPU is."""
-    return GPU_QUEUE if device == "cuda" else CPU_QUEUE
-
-
-def make_celery() -> Celery:
-    settings = get_settings()
-    app = Celery("bolab", broker=settings.redis_url, include=["worker.tasks"])
-    app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        task_ignore_result=True,  # results live in the job store, not the result backend
+def _worker_conf(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.redis_url,
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
         # A batch is acknowledged only after it ran; a worker lost mid-batch gives it back.
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
         # Backstops for a batch stuck outside the training loop (prefork pools only); the
-        # batch's lease (worker.reaper) normally stops it first, through the cancel callback.
-        task_soft_time_limit=settings.batch_time_limit_s + 2 * settings.lease_ttl_s + 30,
-        task_time_limit=settings.batch_time_limit_s + 2 * settings.lease_ttl_s + 90,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
-        broker_connection_retry_on_startup=True,
-        # Each queue its own exchange and key: a bare Queue(name) would inherit the default
-        # queue's routing key, and gpu batches would land on cpu workers.
-        task_queues=[Queue(name, Exchange(name), routing_key=name) for name in QUEUES],
-        task_default_queue=CPU_QUEUE,
-        # Task events (received, started, succeeded, ...) and the "sent" event of each task:
-        # what Flower shows, unmodified (`celery flower` against the same Redis).
-        worker_send_task_events=True,
-        task_send_sent_event=True,
-    )
+        # batch's lease (worker.lease) normally stops it first, through the cancel callback.
+        "task_soft_time_limit": settings.batch_time_limit_s + 2 * settings.lease_ttl_s + 30,
+        "task_time_limit": settings.batch_time_limit_s + 2 * settings.lease_ttl_s + 90,
+        # Task events (received, started, succeeded, ...): what Flower shows, unmodified.
+        "worker_send_task_events": True,
+    }
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = celery_client(settings)
+    app.conf.update(include=["worker.tasks"], **_worker_conf(settings))
     return app
 
 
-celery_app = make_celery()
+_settings = Settings()
+celery_app = make_celery(_settings)
 
 
-def enqueue_job(job_id: str, queue: str) -> None:
-    """Hand a new job to the workers: the first task plans its batches (see `worker.tasks`)."""
-    celery_app.send_task(PLAN_JOB, args=[job_id], queue=queue)
+def configure(settings: Settings) -> None:
+    """Run this process's worker with `settings` (call before the worker starts)."""
+    global _settings
+    _settings = settings
+    celery_app.conf.update(_worker_conf(settings))
+
+
+def settings() -> Settings:
+    """The settings this worker process runs with."""
+    return _settings

@@ -11,15 +11,14 @@ from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
 
-from worker.settings import get_settings
-from worker.store import JobStore
+from jobmodel.settings import Settings
+from jobmodel.store import JobStore
 
 log = logging.getLogger(__name__)
 _stop = threading.Event()
 
 
-def _beat(store: JobStore, name: str, queues: list[str]) -> None:
-    settings = get_settings()
+def _beat(store: JobStore, settings: Settings, name: str, queues: list[str]) -> None:
     while not _stop.is_set():
         try:
             store.heartbeat(name, queues, settings.worker_ttl_s)
@@ -30,17 +29,21 @@ def _beat(store: JobStore, name: str, queues: list[str]) -> None:
 
 @worker_ready.connect
 def _start(sender: Any, **_: Any) -> None:
-    store = JobStore.from_url(get_settings().redis_url)
+    from worker.celery_app import settings
+
+    config = settings()
+    store = JobStore.from_url(config.redis_url)
     queues = sorted(sender.app.amqp.queues.consume_from)
-    threading.Thread(
-        target=_beat, args=(store, sender.hostname, queues), name="bolab-heartbeat", daemon=True
-    ).start()
+    args = (store, config, sender.hostname, queues)
+    threading.Thread(target=_beat, args=args, name="bolab-heartbeat", daemon=True).start()
 
 
 @worker_shutdown.connect
 def _end(sender: Any, **_: Any) -> None:
     _stop.set()
     try:
-        JobStore.from_url(get_settings().redis_url).worker_gone(sender.hostname)
+        from worker.celery_app import settings
+
+        JobStore.from_url(settings().redis_url).worker_gone(sender.hostname)
     except Exception:
         log.warning("could not remove worker heartbeat", exc_info=True)

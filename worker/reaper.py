@@ -1,24 +1,21 @@
-"""Leases and the reaper: no job is lost to a dead worker, and no job stays running forever.
+"""The reaper: no job is lost to a dead worker, and no job stays running forever.
 
 Why not Celery alone: with `acks_late` a batch whose worker was SIGKILLed stays in the broker's
 `unacked` hash until the visibility timeout (hours, since it must exceed the longest batch), and
 a task killed by a hard time limit is acknowledged and gone. So:
 
-- A worker running a unit of a job (its planning, "plan", or batch i, "0", "1", ...) holds a
-  lease `bolab:job:{id}:lease:{unit}`: taken with SET NX (a duplicate delivery of a unit that is
-  running elsewhere is dropped), refreshed by a thread every third of `lease_ttl_s`, deleted when
-  the unit ends. A dead worker's lease expires within `lease_ttl_s`. The refresher also watches
-  the unit's time limit: past it, the training loop's cancel callback says stop, and the task
-  fails the job with the reason.
+- A worker running a unit of a job (its planning, "plan", or batch i, "0", "1", ...) holds its
+  lease (`worker.lease`); a dead worker's lease expires within `lease_ttl_s`.
 - The reaper (one at a time, under a Redis lock; a thread in every worker's main process, so it
   runs whenever a worker is up to take the work, even with the API down) looks at every queued
   or running job, every `reaper_interval_s`. For each unit that is not finished and has no live
-  lease it finds the unit's task message in the broker: waiting in a queue (fine), delivered but
-  unacknowledged for over `orphan_grace_s` (its worker is dead: put it back at the head of its
-  queue), or nowhere for `orphan_grace_s` (send it again). A unit started `max_attempts`
-  times without finishing fails its job, with the reason. A job with every batch recorded
-  done but still active (the last batch's worker died, or lost Redis, between recording the
-  batch and closing the job) is closed as succeeded from the store (`JobStore.close_if_done`).
+  lease it finds the unit's task message in the broker (`worker.broker`): waiting in a queue
+  (fine), delivered but unacknowledged for over `orphan_grace_s` (its worker is dead: put it
+  back at the head of its queue), or nowhere for `orphan_grace_s` (send it again). A unit
+  started `max_attempts` times without finishing fails its job, with the reason. A job with
+  every batch recorded done but still active (the last batch's worker died, or lost Redis,
+  between recording the batch and closing the job) is closed as succeeded from the store
+  (`JobStore.close_if_done`).
 
 Bound: a batch of a SIGKILLed worker is back in its queue at most lease_ttl_s + orphan_grace_s +
 reaper_interval_s after the kill (35 s by default), or, when no worker was up, one reaper lock
@@ -33,193 +30,33 @@ that finished longer ago than that, oldest first; the same lock makes one proces
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
-import redis
 from celery.signals import worker_ready, worker_shutdown
 
-from worker import keys
-from worker.celery_app import PLAN_JOB, QUEUES, RUN_BATCH
-from worker.settings import Settings, get_settings
-from worker.store import ACTIVE, Deletion, JobStore
+from jobmodel.queue import PLAN_JOB, QUEUES, RUN_BATCH
+from jobmodel.settings import Settings
+from jobmodel.store import Deletion, JobStore
+from worker.broker import broker_view, restore
 
 log = logging.getLogger(__name__)
 
-UNACKED, UNACKED_INDEX = "unacked", "unacked_index"  # kombu's Redis transport defaults
-PRIORITY_SEP, PRIORITY_STEPS = "\x06\x16", (3, 6, 9)  # kombu's per-priority queue keys
 RETENTION_BATCH = 100  # jobs deleted per sweep at most: one sweep stays short
-
-# Refresh only our own lease (another attempt may hold the key after ours expired).
-_REFRESH = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-# Take a unit's lease (KEYS[2]) and count the delivery (KEYS[3]) only while the job's record
-# (KEYS[1]) exists: a task of a deleted job leaves nothing behind. ARGV: token, TTL ms, unit.
-_ACQUIRE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
-redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
-return 1
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
-class Lease:
-    """A worker's claim on one unit of a job, alive while the worker is."""
-
-    def __init__(self, store: JobStore, job_id: str, unit: str, settings: Settings) -> None:
-        self.redis = store.redis
-        self.key = keys.lease(job_id, unit)
-        self.job_id, self.unit = job_id, unit
-        self.token = secrets.token_hex(8)
-        self.ttl_ms = int(settings.lease_ttl_s * 1000)
-        self.time_limit = settings.batch_time_limit_s
-        self.overdue = threading.Event()  # set past the time limit: the task should stop
-        self._done = threading.Event()
-
-    def acquire(self) -> bool:
-        """False when another attempt holds the unit, or the job is gone (deleted)."""
-        taken = self.redis.eval(
-            _ACQUIRE,
-            3,
-            keys.job(self.job_id),
-            self.key,
-            keys.attempts(self.job_id),
-            self.token,
-            self.ttl_ms,
-            self.unit,
-        )
-        if not taken:
-            return False
-        threading.Thread(target=self._refresh, name=f"lease-{self.key}", daemon=True).start()
-        return True
-
-    def _refresh(self) -> None:
-        deadline = time.monotonic() + self.time_limit
-        while not self._done.wait(self.ttl_ms / 3000):
-            if time.monotonic() > deadline:
-                self.overdue.set()  # keep the lease a little: the task is stopping, not dead
-            if time.monotonic() > deadline + 2 * self.ttl_ms / 1000:
-                # It did not stop (stuck outside the training loop): give the unit up and
-                # tell the reaper why, so the job fails instead of running forever.
-                self.redis.hset(keys.attempts(self.job_id), f"{self.unit}:overdue", 1)
-                return
-            try:
-                self.redis.eval(_REFRESH, 1, self.key, self.token, self.ttl_ms)
-            except redis.RedisError:  # Redis away for a moment; the next beat retries
-                log.warning("lease refresh failed for %s", self.key)
-
-    def release(self) -> None:
-        self._done.set()
-        try:
-            self.redis.eval(_RELEASE, 1, self.key, self.token)
-        except redis.RedisError:  # it expires by itself
-            log.warning("lease release failed for %s", self.key)
-
-
-@contextmanager
-def leased(store: JobStore, job_id: str, unit: str) -> Iterator[Lease | None]:
-    """The unit's lease, or None when another live attempt holds it or the job was deleted
-    (then skip the unit)."""
-    lease = Lease(store, job_id, unit, get_settings())
-    if not lease.acquire():
-        yield None
-        return
-    try:
-        yield lease
-    finally:
-        lease.release()
-
-
-@dataclass(frozen=True)
-class Delivered:
-    tag: str
-    age_s: float
-
-
-@dataclass
-class BrokerView:
-    """Where each bolab task message is: waiting in a queue, or delivered and unacked."""
-
-    waiting: set[tuple[str, str]] = field(default_factory=set)
-    delivered: dict[tuple[str, str], list[Delivered]] = field(default_factory=dict)
-
-
-def _unit_of(message: dict[str, Any]) -> tuple[str, str] | None:
-    """(job id, unit) of one of our task messages (kombu's JSON envelope, base64 body)."""
-    try:
-        task = message["headers"]["task"]
-        if task not in (PLAN_JOB, RUN_BATCH):
-            return None
-        args = json.loads(base64.b64decode(message["body"]))[0]
-        return (args[0], "plan") if task == PLAN_JOB else (args[0], str(args[1]))
-    except (KeyError, IndexError, TypeError, ValueError):
-        return None
-
-
-def broker_view(client: redis.Redis) -> BrokerView:
-    view = BrokerView()
-    names = [f"{q}{PRIORITY_SEP}{p}" for q in QUEUES for p in PRIORITY_STEPS] + list(QUEUES)
-    for name in names:
-        for raw in client.lrange(name, 0, -1):
-            unit = _unit_of(json.loads(raw))
-            if unit:
-                view.waiting.add(unit)
-    now = time.time()
-    since = dict(client.zrange(UNACKED_INDEX, 0, -1, withscores=True))
-    for tag, raw in client.hgetall(UNACKED).items():
-        unit = _unit_of(json.loads(raw)[0])
-        if unit:
-            age = now - float(since.get(tag, now))
-            view.delivered.setdefault(unit, []).append(Delivered(tag, age))
-    return view
-
-
-def restore(client: redis.Redis, tag: str) -> bool:
-    """Put an unacked message back at the head of its queue, as kombu's own restore does."""
-    restored = False
-
-    def move(pipe: Any) -> None:
-        nonlocal restored
-        raw = pipe.hget(UNACKED, tag)
-        pipe.multi()
-        pipe.zrem(UNACKED_INDEX, tag)
-        pipe.hdel(UNACKED, tag)
-        if raw:
-            message, _exchange, routing_key = json.loads(raw)
-            message.setdefault("headers", {})["redelivered"] = True
-            pipe.rpush(routing_key, json.dumps(message))  # consumers BRPOP: the right is next
-            restored = True
-
-    client.transaction(move, UNACKED)
-    return restored
 
 
 class Reaper:
-    def __init__(self, store: JobStore, settings: Settings | None = None) -> None:
-        self.store = store
-        self.settings = settings or get_settings()
+    def __init__(self, store: JobStore, settings: Settings) -> None:
+        self.store, self.settings = store, settings
         self.missing_since: dict[tuple[str, str], float] = {}  # units seen nowhere, and when
 
     def sweep(self) -> list[str]:
         """One look at every active job; returns what it did (for logs and tests)."""
-        r, s = self.store.redis, self.settings
-        active = [i for status in ACTIVE for i in r.zrange(keys.jobs_in(status), 0, -1)]
+        r, s, leases = self.store.redis, self.settings, self.store.leases
+        active = self.store.active_ids()
         if not active:
             self.missing_since.clear()
             return []
@@ -234,11 +71,11 @@ class Reaper:
                     actions.append(f"closed {job_id}")
                 continue
             for unit in units:
-                if r.exists(keys.lease(job_id, unit)) or (job_id, unit) in view.waiting:
+                if leases.held(job_id, unit) or (job_id, unit) in view.waiting:
                     continue
-                attempts = int(r.hget(keys.attempts(job_id), unit) or 0)
+                attempts, overdue = leases.attempts(job_id, unit)
                 name = "planning" if unit == "plan" else f"batch {unit}"
-                if r.hexists(keys.attempts(job_id), f"{unit}:overdue"):
+                if overdue:
                     self.store.mark_failed(
                         job_id, f"{name} ran over its time limit of {s.batch_time_limit_s:g} s"
                     )
@@ -287,8 +124,8 @@ class Reaper:
             return []
         if job.batches_total is None:
             return ["plan"]
-        done = set(self.store.redis.hkeys(keys.batches(job_id)))
-        return [str(b) for b in range(job.batches_total) if str(b) not in done]
+        done = self.store.done_batches(job_id)
+        return [str(b) for b in range(job.batches_total) if b not in done]
 
     def _resend(self, job_id: str, unit: str) -> None:
         from worker.celery_app import celery_app
@@ -306,11 +143,7 @@ class Reaper:
         lock_ms = int(self.settings.reaper_interval_s * 3000)
         while not stop.wait(self.settings.reaper_interval_s):
             try:
-                r = self.store.redis
-                mine = r.set(keys.REAPER_LOCK, token, nx=True, px=lock_ms) or (
-                    r.eval(_REFRESH, 1, keys.REAPER_LOCK, token, lock_ms) == 1
-                )
-                if mine:
+                if self.store.leases.hold_reaper_lock(token, lock_ms):
                     for action in self.sweep():
                         log.warning("reaper: %s", action)
                     for action in self.prune():
@@ -324,7 +157,10 @@ _stop = threading.Event()
 
 @worker_ready.connect
 def _start(sender: Any, **_: Any) -> None:
-    reaper = Reaper(JobStore.from_url(get_settings().redis_url))
+    from worker.celery_app import settings
+
+    config = settings()
+    reaper = Reaper(JobStore.from_url(config.redis_url), config)
     threading.Thread(target=reaper.run, args=(_stop,), name="bolab-reaper", daemon=True).start()
 
 

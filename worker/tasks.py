@@ -19,16 +19,12 @@ from celery.signals import worker_process_init, worker_ready
 from bo_engine.plan import Batch, plan_batches
 from bo_engine.results import summary_rows
 from bo_engine.spec import JobSpec
-from worker import (
-    events,
-    heartbeat,  # noqa: F401  (connects the liveness signals in worker processes)
-    logs,
-    metrics,
-)
-from worker.celery_app import PLAN_JOB, RUN_BATCH, celery_app
-from worker.reaper import Lease, leased
-from worker.settings import get_settings
-from worker.store import JobStore
+from jobmodel import events, logs
+from jobmodel.queue import PLAN_JOB, RUN_BATCH
+from jobmodel.store import JobStore
+from worker import heartbeat, reaper  # noqa: F401  (connect their signals in worker processes)
+from worker.celery_app import celery_app, settings
+from worker.lease import Lease, leased
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +52,7 @@ def _warm_in_process(sender: Any, **_: Any) -> None:
 
 @lru_cache(maxsize=1)
 def store() -> JobStore:
-    return JobStore.from_url(get_settings().redis_url)
+    return JobStore.from_url(settings().redis_url)
 
 
 @lru_cache(maxsize=64)
@@ -75,8 +71,8 @@ def _load(job_id: str) -> tuple[JobSpec, list[Batch]] | None:
 @celery_app.task(name=PLAN_JOB)
 def plan_job(job_id: str) -> None:
     """Split a job into batches (cells that train together) and enqueue one task per batch."""
-    # The lease tells the reaper this job's planning is alive (worker.reaper).
-    with leased(store(), job_id, "plan") as lease:
+    # The lease tells the reaper this job's planning is alive (worker.lease).
+    with leased(store(), job_id, "plan", settings()) as lease:
         if lease is not None:  # else another delivery is planning this job right now
             _plan(job_id)
 
@@ -117,7 +113,7 @@ class _Throttle:
 def run_batch(job_id: str, batch_index: int) -> None:
     """Train one batch; write progress, each cell as it finishes, and the job's end state."""
     # The lease tells the reaper this batch is alive, and says stop past the time limit.
-    with leased(store(), job_id, str(batch_index)) as lease:
+    with leased(store(), job_id, str(batch_index), settings()) as lease:
         if lease is not None:  # else another delivery is running this batch right now
             _run_batch(job_id, batch_index, lease)
 
@@ -125,7 +121,7 @@ def run_batch(job_id: str, batch_index: int) -> None:
 def _run_batch(job_id: str, batch_index: int, lease: Lease) -> None:
     from bo_engine import runner  # torch: imported in worker processes only
 
-    settings, jobs = get_settings(), store()
+    jobs, config = store(), settings()
     job = jobs.get(job_id)
     if job is None or job.terminal:
         return
@@ -138,12 +134,12 @@ def _run_batch(job_id: str, batch_index: int, lease: Lease) -> None:
     spec, batches = loaded
     batch = batches[batch_index]
     if jobs.mark_running(job_id):
-        events.emit(jobs.redis, job_id, events.STATUS, {"status": "running"})
+        jobs.emit(job_id, events.STATUS, {"status": "running"})
     logs.event("batch.started", job_id=job_id, owner=job.owner, batch=batch_index, runs=batch.runs)
 
     runs_done = 0
-    progress_gate = _Throttle(settings.progress_interval_s)
-    cancel_gate = _Throttle(settings.cancel_poll_interval_s)
+    progress_gate = _Throttle(config.progress_interval_s)
+    cancel_gate = _Throttle(config.cancel_poll_interval_s)
     stopping = False
 
     def on_runs_done(k: int) -> None:
@@ -155,14 +151,12 @@ def _run_batch(job_id: str, batch_index: int, lease: Lease) -> None:
     def report_progress(runs: int) -> None:
         jobs.set_batch_progress(job_id, batch_index, runs)
         total = jobs.progress(job_id).runs_done  # over all batches of the job
-        events.emit(
-            jobs.redis, job_id, events.PROGRESS, events.progress_data(total, job.runs_total)
-        )
+        jobs.emit(job_id, events.PROGRESS, events.progress_data(total, job.runs_total))
 
     def on_cell_done(cell: dict[str, Any]) -> None:
         row = summary_rows([cell])[0]
         seconds = time.perf_counter() - started
-        events.cell_done(jobs.redis, job_id, job.queue, cell, row, seconds)
+        jobs.cell_done(job_id, job.queue, cell, row, seconds)
         # Last: the engine reports the runs' progress right after this callback, and a status
         # read in between should not see the cell with no runs done yet.
         jobs.put_cell(job_id, cell, row)
@@ -178,7 +172,7 @@ def _run_batch(job_id: str, batch_index: int, lease: Lease) -> None:
     started = time.perf_counter()
     try:
         device = runner.resolve_device(spec.device)  # CUDA is first touched here, in the task
-        runner.run_batch(
+        runner.batch_cells(
             spec,
             batch,
             device=device,
@@ -189,7 +183,7 @@ def _run_batch(job_id: str, batch_index: int, lease: Lease) -> None:
     except (runner.Cancelled, SoftTimeLimitExceeded) as exc:
         jobs.set_batch_progress(job_id, batch_index, runs_done)
         if lease.overdue.is_set() or isinstance(exc, SoftTimeLimitExceeded):
-            limit = settings.batch_time_limit_s
+            limit = config.batch_time_limit_s
             jobs.mark_failed(job_id, f"batch {batch_index} ran over its time limit of {limit:g} s")
         return
     except redis.RedisError:
@@ -204,7 +198,7 @@ def _run_batch(job_id: str, batch_index: int, lease: Lease) -> None:
     finally:
         # Training time of every batch, finished or not: GD steps per second divide by it.
         wall = time.perf_counter() - started
-        metrics.inc(jobs.redis, "train_seconds_total", {"queue": job.queue}, float(wall))
+        jobs.count("train_seconds_total", {"queue": job.queue}, float(wall))
         logs.event(
             "batch.ended", job_id=job_id, owner=job.owner, batch=batch_index, seconds=round(wall, 3)
         )

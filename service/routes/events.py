@@ -1,6 +1,6 @@
 """`GET /v1/jobs/{id}/events`: the job's event log as Server-Sent Events.
 
-Served from the job's Redis Stream (`worker.events`) with XREAD BLOCK: each SSE event carries
+Served from the job's Redis Stream (`jobmodel.events`) with XREAD BLOCK: each SSE event carries
 the stream entry id as `id:`, so `Last-Event-ID` (sent by browsers on reconnect, or by any
 client) resumes right after the last event seen, with nothing lost or repeated. The stream
 closes after the `end` event. Should a process die between a job's terminal status and its
@@ -21,13 +21,13 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import WithJsonSchema
 
+from jobmodel import events
+from jobmodel.live import LiveView
+from jobmodel.store import TERMINAL
 from service.auth import CallerDep
 from service.capacity import SlotStreamingResponse, StreamSlotsDep
 from service.errors import JobNotFound
 from service.schemas import ErrorBody, JobId, finite
-from worker import events, keys
-from worker.settings import get_settings
-from worker.store import TERMINAL
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -53,20 +53,19 @@ def _sse(entry_id: str, kind: str, data: str) -> str:
 
 
 async def _follow(request: Request, job_id: str, after: str) -> AsyncIterator[str]:
-    client = request.app.state.stream_redis
-    key = keys.events(job_id)
-    keepalive_ms = int(get_settings().sse_keepalive_s * 1000)
+    live: LiveView = request.app.state.live
+    keepalive_ms = int(request.app.state.settings.sse_keepalive_s * 1000)
     yield "retry: 1000\n\n"  # browsers reconnect after 1 s, sending Last-Event-ID
     last, idle = after, False
     while True:
         # Without blocking first: an idle stream is checked for a job that already ended.
-        reply = await client.xread({key: last}, count=200, block=keepalive_ms if idle else None)
+        reply = await live.events_after(job_id, last, keepalive_ms if idle else None)
         if not reply and not idle:
-            raw = await client.hgetall(keys.job(job_id))
+            raw = await live.record(job_id)
             if not raw or raw.get("status") in TERMINAL:
                 # Its `end` follows the status change within milliseconds (or has landed since
                 # the read above); none within END_GRACE_MS: the process that ended it died.
-                reply = await client.xread({key: last}, count=200, block=END_GRACE_MS)
+                reply = await live.events_after(job_id, last, END_GRACE_MS)
                 if not reply:
                     end = {"status": raw.get("status", "unknown"), "error": raw.get("error")}
                     yield _sse(last, events.END, json.dumps(end))
@@ -127,7 +126,7 @@ async def job_events(
 ) -> StreamingResponse:
     slot = slots.acquire(caller.owner)  # over a cap: answered before any Redis call
     try:
-        owner = await request.app.state.aredis.hget(keys.job(job_id), "owner")
+        owner = await request.app.state.live.owner(job_id)
         if owner is None or not caller.may_see(owner):
             raise JobNotFound(job_id)
     except BaseException:

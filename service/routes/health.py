@@ -6,14 +6,11 @@ while every thread is busy building results for other clients.
 
 from __future__ import annotations
 
-import time
-
 import redis
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from service.schemas import Health
-from worker import keys
 
 router = APIRouter(tags=["health"])
 
@@ -38,12 +35,10 @@ async def healthz() -> Health:
 )
 async def readyz(request: Request) -> JSONResponse:
     # From app.state, not a dependency: a sync dependency would wait for a worker thread.
-    client, settings = request.app.state.aredis, request.app.state.settings
+    live, settings = request.app.state.live, request.app.state.settings
     try:
-        up = bool(await client.ping())
-        # Workers whose last heartbeat is recent (as `JobStore.live_workers` counts them).
-        since = time.time() - settings.worker_ttl_s
-        workers = int(await client.zcount(keys.WORKERS, since, "+inf"))
+        up = await live.ping()
+        workers = await live.live_workers(settings.worker_ttl_s)
     except redis.RedisError:
         up, workers = False, 0
     ready = up and workers > 0

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import threading
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Response
@@ -12,12 +14,22 @@ from fastapi import APIRouter, Depends, Header, Query, Response
 from bo_engine.plan import assemble_result
 from bo_engine.results import cells_to_csv
 from bo_engine.spec import JobSpec
-from service import webhook_targets, webhooks
+from jobmodel.queue import queue_for
+from jobmodel.settings import Settings
+from jobmodel.store import (
+    Deletion,
+    IdempotentReplay,
+    JobRecord,
+    JobStatus,
+    JobStore,
+    QuotaFull,
+)
+from service import webhook_targets
 from service.auth import AUTH_RESPONSES, Caller, CallerDep
 from service.capacity import RendersDep, render
-from service.deps import EnqueueDep, SettingsDep, StoreDep
+from service.deps import QueueDep, SettingsDep, StoreDep
 from service.errors import Conflict, JobNotFound, TooManyJobs, Unavailable
-from service.limits import BoundedJobSpec, require_json
+from service.limits import bounded_spec, require_json
 from service.schemas import (
     ErrorBody,
     JobAccepted,
@@ -29,16 +41,6 @@ from service.schemas import (
     finite,
     job_summary,
     job_view,
-)
-from worker import keys
-from worker.celery_app import queue_for
-from worker.store import (
-    Deletion,
-    IdempotentReplay,
-    JobRecord,
-    JobStatus,
-    JobStore,
-    QuotaFull,
 )
 
 router = APIRouter(
@@ -99,8 +101,7 @@ def _result(store: JobStore, job: JobRecord, partial: bool = False) -> dict[str,
     )
 
 
-@router.post(
-    "",
+SUBMIT: dict[str, Any] = dict(
     status_code=202,
     response_model=JobAccepted,
     summary="Submit a job",
@@ -123,11 +124,38 @@ def _result(store: JobStore, job: JobRecord, partial: bool = False) -> dict[str,
         503: {"model": ErrorBody, "description": "Redis or the broker is unreachable"},
     },
 )
+
+
+def submit_router(settings: Settings) -> APIRouter:
+    """POST /v1/jobs, its body type bounded by this app's settings (`service.limits`)."""
+    submit = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTH_RESPONSES)
+    route = _with_body_type(submit_job, bounded_spec(settings))
+    submit.post("", **SUBMIT)(route)
+    return submit
+
+
+def _with_body_type(route: Callable[..., JobAccepted], body: Any) -> Callable[..., JobAccepted]:
+    """`route` with its `spec` parameter declared as `body` (FastAPI reads the signature)."""
+    signature = inspect.signature(route)
+    params = [
+        p.replace(annotation=body) if p.name == "spec" else p
+        for p in signature.parameters.values()
+    ]
+
+    def bound(**kwargs: Any) -> JobAccepted:
+        return route(**kwargs)
+
+    bound.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    bound.__name__ = bound.__qualname__ = route.__name__
+    bound.__doc__ = route.__doc__
+    return bound
+
+
 def submit_job(
-    spec: BoundedJobSpec,
+    spec: JobSpec,
     response: Response,
     store: StoreDep,
-    enqueue: EnqueueDep,
+    job_queue: QueueDep,
     caller: CallerDep,
     settings: SettingsDep,
     idempotency_key: Annotated[
@@ -157,7 +185,7 @@ def submit_job(
     if idempotency_key is not None:
         key_hash = hashlib.sha256(idempotency_key.encode()).hexdigest()
         body_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-        idem = (keys.idempotency(caller.owner, key_hash), body_hash, settings.idempotency_ttl_s)
+        idem = (key_hash, body_hash, settings.idempotency_ttl_s)
     try:
         job = store.create(
             body,
@@ -167,6 +195,7 @@ def submit_job(
             owner=caller.owner,
             max_active=settings.max_active_jobs,
             idempotency=idem,
+            notify_url=notify_url,
         )
     except IdempotentReplay as replay:
         if not replay.same_body:
@@ -180,14 +209,13 @@ def submit_job(
             f"(BOLAB_MAX_ACTIVE_JOBS = {settings.max_active_jobs}); retry when some finish",
             {"Retry-After": str(RETRY_AFTER_S)},
         ) from None
-    if notify_url is not None:
-        webhooks.attach(store, job.id, notify_url)  # before it is queued, so before it ends
     try:
-        enqueue(job.id, job.queue)
+        job_queue.send_job(job.id, job.queue)
     except Exception as exc:
         store.mark_failed(job.id, f"could not queue the job: {exc}")
         if idem:
-            store.forget_idempotency(idem[0])  # a retry with the same key may try again
+            # A retry with the same key may try again.
+            store.forget_idempotency(caller.owner, idem[0])
         raise Unavailable("task broker unavailable; the job was not queued") from exc
     return _accepted(job, job.id, response)
 

@@ -4,9 +4,9 @@ Workers run on several machines and restart; a per-process Prometheus registry w
 numbers that differ per process and reset with it, and multiprocess mode needs one shared
 directory, which separate hosts and containers do not have. The job store's Redis is shared by
 all of them already, so workers (and the API) add with HINCRBY / HINCRBYFLOAT, and the API's
-collector (`service.metrics`) turns the hashes into Prometheus samples at scrape time.
+collector (`service.prometheus`) turns the hashes into Prometheus samples at scrape time.
 
-Field layout (see `worker.keys`): counters "name|k=v,k=v"; histograms, per metric, "k=v|le" for
+Field layout (see `jobmodel.keys`): counters "name|k=v,k=v"; histograms, per metric, "k=v|le" for
 the bucket an observation falls in (not cumulative: the collector sums), "k=v|sum", "k=v|count".
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 import redis
 
-from worker import keys
+from jobmodel import keys
 
 # Upper bounds in seconds; a run of a tiny spec takes milliseconds, a paper sweep hours.
 RUN_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
@@ -36,12 +36,16 @@ def parse_labels(text: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in text.split(",") if part)
 
 
+def field(name: str, labels: Labels) -> str:
+    """The counters hash field of counter `name` with these labels."""
+    return f"{name}|{label_text(labels)}"
+
+
 def inc(client: Client, name: str, labels: Labels, amount: float = 1) -> None:
-    field = f"{name}|{label_text(labels)}"
     if isinstance(amount, int):
-        client.hincrby(keys.METRIC_COUNTERS, field, amount)
+        client.hincrby(keys.METRIC_COUNTERS, field(name, labels), amount)
     else:
-        client.hincrbyfloat(keys.METRIC_COUNTERS, field, amount)
+        client.hincrbyfloat(keys.METRIC_COUNTERS, field(name, labels), amount)
 
 
 def observe(client: Client, name: str, labels: Labels, value: float, times: int = 1) -> None:

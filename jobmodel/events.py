@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from worker import keys, logs, metrics
+from jobmodel import counters, keys, logs
 
 STATUS, PROGRESS, CELL, END = "status", "progress", "cell", "end"
 # Bounds a job's log (progress events come at most a few per second per batch); a job long
@@ -24,10 +24,15 @@ STATUS, PROGRESS, CELL, END = "status", "progress", "cell", "end"
 MAX_EVENTS = 20_000
 
 
-def emit(client: metrics.Client, job_id: str, kind: str, data: dict[str, Any]) -> None:
+def encode(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
+def emit(client: counters.Client, job_id: str, kind: str, data: dict[str, Any]) -> None:
+    """Append an event; the stream keeps about its newest MAX_EVENTS."""
     client.xadd(
         keys.events(job_id),
-        {"event": kind, "data": json.dumps(data, separators=(",", ":"))},
+        {"event": kind, "data": encode(data)},
         maxlen=MAX_EVENTS,
         approximate=True,
     )
@@ -63,8 +68,8 @@ def job_ended(client: redis.Redis, job_id: str) -> None:
             "progress": progress_data(runs_done, int(raw["runs_total"])),
         },
     )
-    metrics.inc(pipe, "jobs_finished_total", {"status": status, "queue": queue})
-    metrics.observe(pipe, "job_duration_seconds", {"status": status}, duration)
+    counters.inc(pipe, "jobs_finished_total", {"status": status, "queue": queue})
+    counters.observe(pipe, "job_duration_seconds", {"status": status}, duration)
     if raw.get("notify_url"):
         pipe.zadd(keys.WEBHOOKS_DUE, {job_id: time.time()})
     pipe.execute()
@@ -78,25 +83,3 @@ def job_ended(client: redis.Redis, job_id: str) -> None:
         error=raw.get("error") or None,
     )
 
-
-def cell_done(
-    client: redis.Redis,
-    job_id: str,
-    queue: str,
-    cell: dict[str, Any],
-    row: dict[str, Any],
-    batch_seconds: float,
-) -> None:
-    """A cell finished: its `cell` event, and its runs and GD steps in the training metrics.
-
-    Runs of a batch train together as one tensor program, so a run's duration is the time from
-    its batch's start until its cell finished.
-    """
-    runs = cell["runs"]
-    steps = sum(int(run.get("steps", 0)) for run in runs)
-    pipe = client.pipeline(transaction=False)
-    emit(pipe, job_id, CELL, row)
-    metrics.inc(pipe, "runs_trained_total", {"queue": queue}, len(runs))
-    metrics.inc(pipe, "gd_steps_total", {"queue": queue}, steps)
-    metrics.observe(pipe, "run_duration_seconds", {"queue": queue}, batch_seconds, len(runs))
-    pipe.execute()

@@ -1,4 +1,4 @@
-"""The job store: job records, progress and results in Redis (see `worker.keys` for the layout).
+"""The job store: job records, progress and results in Redis (see `jobmodel.keys` for the layout).
 
 Workers write it as batches run; the API reads it. Results live here, not in Celery's result
 backend (which expires). Status changes go through one Lua script so that two processes can
@@ -20,7 +20,8 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from worker import events, keys, logs, metrics
+from jobmodel import counters, events, keys, logs, queue
+from jobmodel.leases import Leases
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,10 @@ return 1
 
 # Atomically create a job: replay the job an idempotency key already names (KEYS[3], "" for
 # none), else refuse when the owner has ARGV[3] (> 0) or more active jobs, else write the record,
-# its indexes and the idempotency key. ARGV: id, owner, cap, body hash, key TTL, field/values.
+# its indexes and the idempotency key, count it (KEYS[4], field ARGV[6]) and write its first
+# event (stream KEYS[5], at most about ARGV[8] long; data ARGV[7]). One call, one round trip.
+# ARGV: id, owner, cap, body hash, key TTL, counter field, event data, stream bound, then the
+# record's field/values.
 _CREATE = """
 local id, owner, cap = ARGV[1], ARGV[2], tonumber(ARGV[3])
 if KEYS[3] ~= '' then
@@ -77,7 +81,7 @@ if cap > 0 then
   local active = redis.call('ZCARD', mine .. ':queued') + redis.call('ZCARD', mine .. ':running')
   if active >= cap then return {'full', tostring(active)} end
 end
-for i = 6, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 redis.call('ZADD', KEYS[2], 0, id)
@@ -88,6 +92,8 @@ if KEYS[3] ~= '' then
   redis.call('SET', KEYS[3], ARGV[4] .. ' ' .. id, 'EX', tonumber(ARGV[5]))
   redis.call('HSET', KEYS[1], 'idempotency_key', KEYS[3])
 end
+redis.call('HINCRBY', KEYS[4], ARGV[6], 1)
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[8], '*', 'event', 'status', 'data', ARGV[7])
 return {'created', id}
 """
 
@@ -184,7 +190,7 @@ class JobRecord:
     runs_total: int
     cells_total: int
     created_at: float
-    owner: str = ""  # filled by the auth issue; "" = nobody in particular
+    owner: str = ""  # the API key's owner; "" = nobody in particular
     batches_total: int | None = None
     started_at: float | None = None
     finished_at: float | None = None
@@ -223,6 +229,18 @@ class Progress:
     batches_done: int
 
 
+@dataclass(frozen=True)
+class LabState:
+    """The lab at one moment, for gauges: jobs by status, tasks waiting and live workers per
+    queue, and Redis's memory use against its limit (0 = none)."""
+
+    jobs: dict[JobStatus, int]
+    queue_depth: dict[str, int]
+    workers: dict[str, int]
+    memory_used: int
+    memory_max: int
+
+
 class JobStore:
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
@@ -230,6 +248,7 @@ class JobStore:
         self._create = client.register_script(_CREATE)
         self._delete = client.register_script(_DELETE)
         self._annotate = client.register_script(_ANNOTATE)
+        self.leases = Leases(client)
 
     @classmethod
     def from_url(cls, url: str) -> JobStore:
@@ -245,6 +264,9 @@ class JobStore:
                 retry_on_error=[redis.ConnectionError, redis.TimeoutError],
             )
         )
+
+    def close(self) -> None:
+        self.redis.close()
 
     def ping(self) -> bool:
         try:
@@ -264,10 +286,12 @@ class JobStore:
         owner: str = "",
         max_active: int = 0,
         idempotency: tuple[str, str, int] | None = None,
+        notify_url: str | None = None,
     ) -> JobRecord:
         """Store a new queued job. `max_active` > 0 caps the owner's queued+running jobs
-        (QuotaFull); `idempotency` = (key, body hash, TTL s) replays an earlier submission
-        (IdempotentReplay). Check and write are one Lua call: concurrent submits cannot race."""
+        (QuotaFull); `idempotency` = (sha256 of the key, body hash, TTL s) replays an earlier
+        submission (IdempotentReplay); `notify_url` is where its webhook goes when it ends.
+        Check and write are one Lua call: concurrent submits cannot race."""
         job = JobRecord(
             id=new_job_id(),
             status=JobStatus.queued,
@@ -288,26 +312,30 @@ class JobStore:
             "created_at": repr(job.created_at),
             "owner": owner,
         }
-        idem_key, body_hash, ttl = idempotency or ("", "", 0)
-        args: list[Any] = [job.id, owner, max_active, body_hash, ttl]
+        if notify_url is not None:
+            fields["notify_url"] = notify_url
+        key_hash, body_hash, ttl = idempotency or ("", "", 0)
+        idem_key = keys.idempotency(owner, key_hash) if idempotency else ""
+        first_event = events.encode({"status": job.status.value})
+        submitted = counters.field("jobs_submitted_total", {"queue": queue})
+        args: list[Any] = [job.id, owner, max_active, body_hash, ttl, submitted, first_event]
+        args.append(events.MAX_EVENTS)
         for name, value in fields.items():
             args += [name, value]
-        outcome, value = self._create(keys=[keys.job(job.id), keys.JOBS, idem_key], args=args)
+        script_keys = [keys.job(job.id), keys.JOBS, idem_key, keys.METRIC_COUNTERS]
+        script_keys.append(keys.events(job.id))
+        outcome, value = self._create(keys=script_keys, args=args)
         if outcome == "replay":
             previous_hash, _, job_id = value.partition(" ")
             raise IdempotentReplay(job_id, previous_hash == body_hash)
         if outcome == "full":
             raise QuotaFull(int(value))
-        pipe = self.redis.pipeline(transaction=False)  # the submitted counter, the first event
-        metrics.inc(pipe, "jobs_submitted_total", {"queue": queue})
-        events.emit(pipe, job.id, events.STATUS, {"status": job.status.value})
-        pipe.execute()
         logs.event("job.submitted", job_id=job.id, owner=owner, queue=queue, runs=runs_total)
         return job
 
-    def forget_idempotency(self, key: str) -> None:
+    def forget_idempotency(self, owner: str, key_hash: str) -> None:
         """A submission that failed after its job was stored may be retried with its key."""
-        self.redis.delete(key)
+        self.redis.delete(keys.idempotency(owner, key_hash))
 
     def get(self, job_id: str) -> JobRecord | None:
         raw = self.redis.hgetall(keys.job(job_id))
@@ -373,6 +401,10 @@ class JobStore:
     def annotate(self, job_id: str, field: str, value: str) -> bool:
         """Set a field of an existing record; False (and nothing written) when it is gone."""
         return bool(self._annotate(keys=[keys.job(job_id)], args=[field, value]))
+
+    def active_ids(self) -> list[str]:
+        """Every queued or running job."""
+        return [i for status in ACTIVE for i in self.redis.zrange(keys.jobs_in(status), 0, -1)]
 
     def set_batches_total(self, job_id: str, total: int) -> None:
         self.redis.hset(keys.job(job_id), "batches_total", total)
@@ -490,6 +522,9 @@ class JobStore:
         facts["wall_seconds"] = sum(float(w) for w in walls)
         return self.mark_succeeded(job_id, facts)
 
+    def done_batches(self, job_id: str) -> set[int]:
+        return {int(b) for b in self.redis.hkeys(keys.batches(job_id))}
+
     def compute_seconds(self, job_id: str) -> float:
         return sum(float(v) for v in self.redis.hvals(keys.batches(job_id)))
 
@@ -516,6 +551,28 @@ class JobStore:
     def has_cells(self, job_id: str) -> bool:
         return bool(self.redis.hlen(keys.cells(job_id)))
 
+    def emit(self, job_id: str, kind: str, data: dict[str, Any]) -> None:
+        """One event on the job's stream (see `jobmodel.events`)."""
+        events.emit(self.redis, job_id, kind, data)
+
+    def cell_done(
+        self, job_id: str, queue: str, cell: dict[str, Any], row: dict[str, Any], seconds: float
+    ) -> None:
+        """A cell finished: its `cell` event (summary `row`), and its runs and GD steps in the
+        training metrics. Runs of a batch train together as one tensor program, so a run's
+        duration is the `seconds` from its batch's start until its cell finished."""
+        runs = cell["runs"]
+        steps = sum(int(run.get("steps", 0)) for run in runs)
+        pipe = self.redis.pipeline(transaction=False)
+        events.emit(pipe, job_id, events.CELL, row)
+        counters.inc(pipe, "runs_trained_total", {"queue": queue}, len(runs))
+        counters.inc(pipe, "gd_steps_total", {"queue": queue}, steps)
+        counters.observe(pipe, "run_duration_seconds", {"queue": queue}, seconds, len(runs))
+        pipe.execute()
+
+    def count(self, name: str, labels: counters.Labels, amount: float = 1) -> None:
+        counters.inc(self.redis, name, labels, amount)
+
     # --- workers -------------------------------------------------------------------------
 
     def heartbeat(self, name: str, queues: list[str], ttl_s: float) -> None:
@@ -532,6 +589,41 @@ class JobStore:
     def worker_gone(self, name: str) -> None:
         self.redis.zrem(keys.WORKERS, name)
         self.redis.delete(keys.worker(name))
+
+    def lab_state(self, worker_ttl_s: float) -> LabState:
+        pipe = self.redis.pipeline(transaction=False)
+        for status in JobStatus:
+            pipe.zcard(keys.jobs_in(status.value))
+        lists = queue.broker_lists()
+        for name in lists:
+            pipe.llen(name)
+        pipe.zrangebyscore(keys.WORKERS, time.time() - worker_ttl_s, "+inf")
+        *counts, names = pipe.execute()
+        depth = dict.fromkeys(queue.QUEUES, 0)
+        for name, n in zip(lists, counts[len(JobStatus) :], strict=True):
+            depth[name.split(queue.PRIORITY_SEP)[0]] += n
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.hget(keys.worker(name), "queues")
+        workers = dict.fromkeys(queue.QUEUES, 0)
+        for served in pipe.execute():
+            for name in (served or "").split(","):
+                if name in workers:
+                    workers[name] += 1
+        memory = self.redis.info("memory")
+        return LabState(
+            jobs=dict(zip(JobStatus, counts, strict=False)),
+            queue_depth=depth,
+            workers=workers,
+            memory_used=int(memory["used_memory"]),
+            memory_max=int(memory.get("maxmemory", 0)),
+        )
+
+    def counters(self) -> dict[str, dict[str, float]]:
+        return counters.counters(self.redis)
+
+    def histogram(self, name: str) -> dict[str, dict[str, float]]:
+        return counters.histogram(self.redis, name)
 
     def live_workers(self, ttl_s: float) -> list[str]:
         now = time.time()

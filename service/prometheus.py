@@ -4,7 +4,7 @@ Two sources, one registry:
 - HTTP requests and latency are per API process (ordinary prometheus-client metrics, fed by an
   ASGI middleware; Prometheus scrapes every API replica and sums).
 - Everything about jobs, runs and workers comes from Redis at scrape time (`LabCollector`):
-  counters and histograms that workers and the API add to there (`worker.metrics`, so several
+  counters and histograms that workers and the API add to there (`jobmodel.counters`, so several
   worker processes on several hosts add to one number that survives restarts), and gauges
   computed from the job store and the broker's queue lists.
 """
@@ -32,22 +32,18 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from worker import keys
-from worker import metrics as shared
-from worker.celery_app import QUEUES
-from worker.reaper import PRIORITY_SEP, PRIORITY_STEPS
-from worker.settings import get_settings
-from worker.store import JobStatus
+from jobmodel import counters as shared
+from jobmodel.settings import Settings
+from jobmodel.store import JobStatus, JobStore
 
 NS = "bolab"
-# Celery's Redis transport keeps messages of priority p > 0 in list "<queue>\x06\x16<p>".
 
 
 class LabCollector(Collector):
-    """Reads the lab's numbers from Redis on every scrape (a handful of commands, pipelined)."""
+    """Reads the lab's numbers from the job store on every scrape (a few pipelined calls)."""
 
-    def __init__(self, client: redis.Redis) -> None:
-        self.client = client
+    def __init__(self, store: JobStore, settings: Settings) -> None:
+        self.store, self.settings = store, settings
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -61,67 +57,31 @@ class LabCollector(Collector):
         yield GaugeMetricFamily(f"{NS}_redis_up", "job store answered", value=1)
 
     def _gauges(self) -> Iterator[Metric]:
-        pipe = self.client.pipeline(transaction=False)
-        for status in JobStatus:
-            pipe.zcard(keys.jobs_in(status.value))
-        for queue in QUEUES:
-            for name in (queue, *(f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS)):
-                pipe.llen(name)
-        by_status = pipe.execute()
-        depths = by_status[len(JobStatus) :]
+        state = self.store.lab_state(self.settings.worker_ttl_s)
         jobs = GaugeMetricFamily(f"{NS}_jobs", "jobs in the store by status", labels=["status"])
-        for status, count in zip(JobStatus, by_status, strict=False):
+        for status, count in state.jobs.items():
             jobs.add_metric([status.value], count)
         yield jobs
         yield GaugeMetricFamily(
-            f"{NS}_jobs_running",
-            "jobs running now",
-            value=by_status[list(JobStatus).index(JobStatus.running)],
+            f"{NS}_jobs_running", "jobs running now", value=state.jobs[JobStatus.running]
         )
-        depth = GaugeMetricFamily(
-            f"{NS}_queue_depth", "Celery tasks waiting in each queue", labels=["queue"]
+        yield _by_queue("queue_depth", "Celery tasks waiting in each queue", state.queue_depth)
+        yield _by_queue(
+            "workers", "live workers (recent heartbeat) serving each queue", state.workers
         )
-        for i, queue in enumerate(QUEUES):
-            depth.add_metric([queue], sum(depths[4 * i : 4 * i + 4]))
-        yield depth
-        yield self._workers()
-        yield from self._memory()
-
-    def _memory(self) -> Iterator[Metric]:
-        """Redis's own accounting (INFO memory): what the store holds against its limit."""
-        info = self.client.info("memory")
         yield GaugeMetricFamily(
             f"{NS}_redis_memory_bytes",
             "memory Redis uses for its data (used_memory)",
-            value=info["used_memory"],
+            value=state.memory_used,
         )
         yield GaugeMetricFamily(
             f"{NS}_redis_maxmemory_bytes",
             "Redis's maxmemory limit; 0 = none (Redis then grows until the host runs out)",
-            value=info.get("maxmemory", 0),
+            value=state.memory_max,
         )
-
-    def _workers(self) -> Metric:
-        settings = get_settings()
-        now = time.time()
-        names = self.client.zrangebyscore(keys.WORKERS, now - settings.worker_ttl_s, "+inf")
-        pipe = self.client.pipeline(transaction=False)
-        for name in names:
-            pipe.hget(keys.worker(name), "queues")
-        counts = dict.fromkeys(QUEUES, 0)
-        for queues in pipe.execute():
-            for queue in (queues or "").split(","):
-                if queue in counts:
-                    counts[queue] += 1
-        family = GaugeMetricFamily(
-            f"{NS}_workers", "live workers (recent heartbeat) serving each queue", labels=["queue"]
-        )
-        for queue, count in counts.items():
-            family.add_metric([queue], count)
-        return family
 
     def _counters(self) -> Iterator[Metric]:
-        values = shared.counters(self.client)
+        values = self.store.counters()
         for name, help_text, labels in COUNTERS:
             family = CounterMetricFamily(
                 f"{NS}_{name.removesuffix('_total')}", help_text, labels=labels
@@ -149,7 +109,7 @@ class LabCollector(Collector):
     def _histograms(self) -> Iterator[Metric]:
         for name, help_text, label in HISTOGRAMS:
             family = HistogramMetricFamily(f"{NS}_{name}", help_text, labels=[label])
-            for label_text, parts in sorted(shared.histogram(self.client, name).items()):
+            for label_text, parts in sorted(self.store.histogram(name).items()):
                 bounds = [*(repr(b) for b in shared.HISTOGRAMS[name]), "+Inf"]
                 running, buckets = 0.0, []
                 for bound in bounds:  # stored per bucket; Prometheus wants cumulative counts
@@ -158,6 +118,13 @@ class LabCollector(Collector):
                 value = shared.parse_labels(label_text).get(label, "")
                 family.add_metric([value], buckets, parts.get("sum", 0.0))
             yield family
+
+
+def _by_queue(name: str, help_text: str, values: dict[str, int]) -> Metric:
+    family = GaugeMetricFamily(f"{NS}_{name}", help_text, labels=["queue"])
+    for queue, count in values.items():
+        family.add_metric([queue], count)
+    return family
 
 
 COUNTERS = (

@@ -1,12 +1,10 @@
 """Settings of the lab service, read once from `BOLAB_*` environment variables.
 
-One class for API, workers and `bolab up`: the worker package holds it because the service may
-import the worker package but not the other way round.
+One class for API, workers and `bolab up`, built once at each entry point and passed down.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field
@@ -20,16 +18,13 @@ class Settings(BaseSettings):
         "redis://127.0.0.1:6379/0", description="job store and Celery broker (one Redis)"
     )
     data_dir: Path = Field(Path(".bolab"), description="where `bolab up` keeps its Redis files")
-    api_host: str = "127.0.0.1"
-    api_port: int = 8000
     # Longer than the longest batch, or Redis re-delivers a batch that is still running.
     visibility_timeout_s: int = Field(6 * 3600, ge=60)
     progress_interval_s: float = Field(0.25, gt=0, description="min seconds between writes")
     cancel_poll_interval_s: float = Field(0.2, gt=0, description="min seconds between flag reads")
     worker_heartbeat_s: float = Field(2.0, gt=0)
-    # A worker whose last heartbeat is older than this counts as gone (readyz, issue 5 gauges).
+    # A worker whose last heartbeat is older than this counts as gone (readyz, worker gauges).
     worker_ttl_s: float = Field(15.0, gt=0)
-    list_limit_max: int = Field(200, ge=1)
 
     # --- reliability and security (see service.auth, service.limits, worker.reaper) ---------
     api_keys: str = Field(
@@ -75,7 +70,7 @@ class Settings(BaseSettings):
     max_attempts: int = Field(5, ge=1, description="deliveries of a batch before its job fails")
     batch_time_limit_s: float = Field(3600.0, ge=1, description="a batch running longer fails")
 
-    # --- dashboards and people (see service.webhooks, service.metrics) ---------------------
+    # --- dashboards and people (see service.webhooks, service.prometheus) ------------------
     webhook_secret: str = Field(
         "",
         description="master key of webhook signatures: each owner signs with a key derived "
@@ -137,14 +132,9 @@ class Settings(BaseSettings):
         "(keeps the event loop and the shared thread pool free for every other request)",
     )
 
-    # --- job lifecycle: deletion and retention (see worker.store.JobStore.delete) ----------
+    # --- job lifecycle: deletion and retention (see jobmodel.store.JobStore.delete) ----------
     retention_days: float = Field(
         0.0,
         ge=0,
         description="delete terminal jobs that finished longer ago than this; 0 = keep forever",
     )
-
-
-@lru_cache
-def get_settings() -> Settings:
-    return Settings()
