@@ -39,15 +39,16 @@ def batch_cells(
     on_runs_done: Callable[[int], None] | None = None,
     on_cell_done: Callable[[dict[str, Any]], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    cancel_poll_seconds: float | None = None,
 ) -> list[dict[str, Any]]:
     """Train every run of the batch's cells; return one cell result per cell, in batch order.
 
     `on_runs_done(k)` is told each time k more runs finish; `on_cell_done(cell)` gets each cell
-    result as soon as all of its runs are in. `should_cancel()` is polled about every 0.2 s
-    (train.CANCEL_POLL_SECONDS); when it answers True, runs that are training stop within about
-    0.1 s with stop_reason "cancelled" (and no baseline), runs not yet training never start or
-    stop at their next block of work and report nothing, the cells completed by then are
-    reported, and `Cancelled` is raised.
+    result as soon as all of its runs are in. `should_cancel()` is polled about every
+    `cancel_poll_seconds` (default train.CANCEL_POLL_SECONDS, 0.2 s); when it answers True, runs
+    that are training stop within about 0.1 s with stop_reason "cancelled" (and no baseline),
+    runs not yet training never start or stop at their next block of work and report nothing,
+    the cells completed by then are reported, and `Cancelled` is raised.
     """
     device = device or resolve_device(spec.device)
     dtype = getattr(torch, spec.dtype)
@@ -80,6 +81,7 @@ def batch_cells(
         on_run_done=finished,
         on_runs_done=on_runs_done,
         should_cancel=should_cancel,
+        cancel_poll_seconds=cancel_poll_seconds,
     )
     if cancelled:
         raise Cancelled(f"batch {batch.index} cancelled")

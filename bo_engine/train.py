@@ -207,12 +207,13 @@ def train_batch(
     on_run_done: Callable[[RunSetup, dict[str, Any]], None],
     on_runs_done: Callable[[int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    cancel_poll_seconds: float | None = None,
 ) -> bool:
     """Train all runs to their stop rule; report each via `on_run_done`. True if cancelled.
 
     The runs must share a shape key (`Cell.shape_key`): one width, alpha and stop rule.
     `on_run_done`, `on_runs_done(k)` (k more runs finished) and `should_cancel()` (asked at most
-    every CANCEL_POLL_SECONDS) are called on this thread only.
+    every `cancel_poll_seconds`, default CANCEL_POLL_SECONDS) are called on this thread only.
     """
     keys = {s.cell.shape_key() for s in setups}
     if len(keys) != 1:
@@ -234,7 +235,8 @@ def train_batch(
             check=check,
         )
 
-    reporter = Reporter(result_of, on_run_done, on_runs_done, should_cancel, CANCEL_POLL_SECONDS)
+    poll = CANCEL_POLL_SECONDS if cancel_poll_seconds is None else cancel_poll_seconds
+    reporter = Reporter(result_of, on_run_done, on_runs_done, should_cancel, poll)
     if _uses_compiled_loop(device, setups[0].cell):
         return train_in_threads(setups, dtype=dtype, record_every=record_every, reporter=reporter)
     return _train_batched(

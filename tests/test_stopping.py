@@ -283,3 +283,21 @@ def test_runs_not_yet_training_when_the_cancel_lands_never_start(monkeypatch, en
         assert 0 < len(drawn) <= max(torch.get_num_threads(), 1) < len(setups)
     else:
         assert len(drawn) == len(setups)
+
+
+@pytest.mark.parametrize(("poll", "asked"), [(0.0, True), (3600.0, False)])
+def test_the_cancel_poll_interval_is_the_callers(poll: float, asked: bool) -> None:
+    """The caller's interval (a worker's BOLAB_CANCEL_POLL_INTERVAL_S) is the one throttle on
+    `should_cancel`: at 0 it is asked even by a run over in milliseconds, at an hour never."""
+    from bo_engine.plan import plan_batches
+    from bo_engine.runner import batch_cells
+
+    spec = JobSpec.model_validate({"n": 10, "d": 20, "width": 4, "max_steps": 50, "n_test": 10})
+    calls: list[float] = []
+    batch_cells(
+        spec,
+        plan_batches(spec)[0],
+        should_cancel=lambda: bool(calls.append(time.monotonic())),
+        cancel_poll_seconds=poll,
+    )
+    assert bool(calls) is asked

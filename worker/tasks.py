@@ -139,7 +139,6 @@ def _run_batch(job_id: str, batch_index: int, lease: Lease) -> None:
 
     runs_done = 0
     progress_gate = _Throttle(config.progress_interval_s)
-    cancel_gate = _Throttle(config.cancel_poll_interval_s)
     stopping = False
 
     def on_runs_done(k: int) -> None:
@@ -162,11 +161,11 @@ def _run_batch(job_id: str, batch_index: int, lease: Lease) -> None:
         jobs.put_cell(job_id, cell, row)
 
     def should_cancel() -> bool:
+        """The engine asks at most every BOLAB_CANCEL_POLL_INTERVAL_S: the one throttle."""
         nonlocal stopping
         if lease.overdue.is_set():
             return True
-        if not stopping and cancel_gate.ready():
-            stopping = jobs.stop_requested(job_id)
+        stopping = stopping or jobs.stop_requested(job_id)
         return stopping
 
     started = time.perf_counter()
@@ -179,6 +178,7 @@ def _run_batch(job_id: str, batch_index: int, lease: Lease) -> None:
             on_runs_done=on_runs_done,
             on_cell_done=on_cell_done,
             should_cancel=should_cancel,
+            cancel_poll_seconds=config.cancel_poll_interval_s,
         )
     except (runner.Cancelled, SoftTimeLimitExceeded) as exc:
         jobs.set_batch_progress(job_id, batch_index, runs_done)
