@@ -1,4 +1,7 @@
-"""Result documents: per-cell summaries, flat table rows and CSV. numpy only, no torch."""
+"""Result documents: per-cell summaries with 95 % intervals, flat table rows and CSV.
+
+numpy and scipy only, no torch.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import io
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from bo_engine.spec import Cell
 
@@ -34,28 +38,68 @@ def _metric(run: dict[str, Any], name: str) -> float | None:
     return run.get(name)
 
 
-def describe(values: list[float | None]) -> dict[str, float | None]:
-    """mean, sample std (0 for one value), min, max of the values that exist; None if none do."""
+def mean_ci95(values: np.ndarray) -> list[float] | None:
+    """Student t 95 % interval of the mean of `values`; None below two values. Equal values give
+    the zero-width interval at their mean."""
+    if values.size < 2:
+        return None
+    mean, sem = float(values.mean()), float(stats.sem(values))
+    half = float(stats.t.ppf(0.975, values.size - 1)) * sem
+    return [mean - half, mean + half]
+
+
+def wilson_ci95(successes: int, count: int) -> list[float] | None:
+    """Wilson score 95 % interval of a fraction `successes / count`; None for no trials."""
+    if count == 0:
+        return None
+    interval = stats.binomtest(successes, count).proportion_ci(0.95, method="wilson")
+    return [float(interval.low), float(interval.high)]
+
+
+def describe(values: list[float | None]) -> dict[str, Any]:
+    """mean, sample std (0 for one value), min, max, the t 95 % interval of the mean and the
+    count of the values that exist; None (count 0) if none do."""
     present = np.array([v for v in values if v is not None], dtype=float)
     if present.size == 0:
-        return {"mean": None, "std": None, "min": None, "max": None}
+        return {"mean": None, "std": None, "min": None, "max": None, "ci95": None, "count": 0}
     std = float(present.std(ddof=1)) if present.size > 1 else 0.0
     return {
         "mean": float(present.mean()),
         "std": std,
         "min": float(present.min()),
         "max": float(present.max()),
+        "ci95": mean_ci95(present),
+        "count": int(present.size),
     }
 
 
 def summarize_cell(index: int, cell: Cell, runs: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {m: describe([_metric(r, m) for r in runs]) for m in RUN_METRICS}
-    summary["interpolated_fraction"] = sum(r["interpolated"] for r in runs) / len(runs)
+    interpolated = sum(bool(r["interpolated"]) for r in runs)
+    summary["interpolated_fraction"] = interpolated / len(runs)
+    summary["interpolated"] = {
+        "fraction": interpolated / len(runs),
+        "ci95": wilson_ci95(interpolated, len(runs)),
+        "count": len(runs),
+    }
     return {"index": index, "params": cell.params(), "runs": runs, "summary": summary}
 
 
+def _ci95_columns(summary: dict[str, Any]) -> dict[str, float | None]:
+    """<metric>_ci95_lo and _hi for every run metric, then for the interpolated fraction (empty
+    for a summary stored before intervals existed)."""
+    columns: dict[str, float | None] = {}
+    intervals = [(m, summary[m].get("ci95")) for m in RUN_METRICS]
+    intervals.append(("interpolated_fraction", summary.get("interpolated", {}).get("ci95")))
+    for name, interval in intervals:
+        columns[f"{name}_ci95_lo"] = interval[0] if interval else None
+        columns[f"{name}_ci95_hi"] = interval[1] if interval else None
+    return columns
+
+
 def summary_rows(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One flat row per cell: index, resolved params, then <metric>_mean and <metric>_std."""
+    """One flat row per cell: index, resolved params, <metric>_mean and <metric>_std, the
+    interpolated fraction and the run count, then the interval bounds <metric>_ci95_lo/_hi."""
     rows = []
     for cell in sorted(cells, key=lambda c: c["index"]):
         row: dict[str, Any] = {"index": cell["index"], **cell["params"]}
@@ -65,6 +109,7 @@ def summary_rows(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[f"{name}_std"] = stats["std"]
         row["interpolated_fraction"] = cell["summary"]["interpolated_fraction"]
         row["runs"] = len(cell["runs"])
+        row.update(_ci95_columns(cell["summary"]))
         rows.append(row)
     return rows
 

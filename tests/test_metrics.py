@@ -9,7 +9,7 @@ import torch
 
 from bo_engine.data import TrainSet, draw_test_outputs
 from bo_engine.metrics import fit_metrics, run_result
-from bo_engine.results import describe
+from bo_engine.results import cells_to_csv, describe, summarize_cell, summary_rows, wilson_ci95
 from bo_engine.spec import Cell, TheoryRule
 from bo_engine.theory import theory
 
@@ -172,11 +172,38 @@ def test_param_snr_on_a_random_case() -> None:
 
 
 def test_describe_summary_statistics() -> None:
+    # t interval: mean +- t(0.975, 2 dof) * std / sqrt(3), with t(0.975, 2) = 4.302652729...
+    half = 4.302652729749464 * math.sqrt(7.0) / math.sqrt(3.0)
     assert describe([1.0, None, 2.0, 6.0]) == {
         "mean": 3.0,
         "std": pytest.approx(math.sqrt(7.0)),  # sample std: ((4 + 1 + 9) / 2) ** .5
         "min": 1.0,
         "max": 6.0,
+        "ci95": [pytest.approx(3.0 - half), pytest.approx(3.0 + half)],
+        "count": 3,
     }
-    assert describe([5.0]) == {"mean": 5.0, "std": 0.0, "min": 5.0, "max": 5.0}
-    assert describe([None, None]) == {"mean": None, "std": None, "min": None, "max": None}
+    one = {"mean": 5.0, "std": 0.0, "min": 5.0, "max": 5.0, "ci95": None, "count": 1}
+    assert describe([5.0]) == one
+    none = {"mean": None, "std": None, "min": None, "max": None, "ci95": None, "count": 0}
+    assert describe([None, None]) == none
+    assert describe([0.2, 0.2])["ci95"] == [pytest.approx(0.2), pytest.approx(0.2)]
+
+
+def test_wilson_interval_of_a_fraction() -> None:
+    # Wilson score interval of 8 successes in 10 trials (z = 1.96): [0.4902, 0.9433].
+    low, high = wilson_ci95(8, 10)
+    assert low == pytest.approx(0.4902, abs=1e-4) and high == pytest.approx(0.9433, abs=1e-4)
+    assert wilson_ci95(10, 10)[1] == pytest.approx(1.0)
+    assert wilson_ci95(0, 10)[0] == pytest.approx(0.0) and wilson_ci95(0, 0) is None
+
+
+def test_csv_adds_interval_columns_after_the_existing_ones() -> None:
+    runs = [{"test_error": e, "interpolated": e < 0.3} for e in (0.1, 0.2, 0.4)]
+    cell = summarize_cell(0, hand_cell(), runs)
+    header = cells_to_csv([cell]).splitlines()[0].split(",")
+    existing = header.index("runs")
+    assert header[existing + 1 :][:2] == ["test_error_ci95_lo", "test_error_ci95_hi"]
+    assert header[-2:] == ["interpolated_fraction_ci95_lo", "interpolated_fraction_ci95_hi"]
+    row = summary_rows([cell])[0]
+    assert row["test_error_ci95_lo"] < row["test_error_mean"] < row["test_error_ci95_hi"]
+    assert cell["summary"]["interpolated"]["ci95"] == wilson_ci95(2, 3)
