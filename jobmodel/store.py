@@ -227,6 +227,7 @@ class JobRecord:
 class Progress:
     runs_done: int
     batches_done: int
+    runs_cached: int = 0  # of runs_done, those taken from the run cache
 
 
 @dataclass(frozen=True)
@@ -422,6 +423,7 @@ class JobStore:
             keys.cancel(job_id),
             keys.attempts(job_id),
             keys.events(job_id),
+            keys.cached(job_id),
         ]
         args = [job_id, keys.lease(job_id, ""), len(ACTIVE), *ACTIVE, *TERMINAL]
         outcome = Deletion(
@@ -472,6 +474,18 @@ class JobStore:
 
     def set_batch_progress(self, job_id: str, batch: int, runs_done: int) -> None:
         self.redis.hset(keys.progress(job_id), str(batch), runs_done)
+
+    def set_batch_cached(self, job_id: str, batch: int, runs_cached: int) -> None:
+        """Of the batch's runs, how many it took from the run cache (idempotent per batch)."""
+        self.redis.hset(keys.cached(job_id), str(batch), runs_cached)
+
+    def owners(self, job_ids: list[str]) -> dict[str, str | None]:
+        """job id -> its owner, None for a job that is gone."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(keys.job(job_id), "id", "owner")
+        found = pipe.execute()
+        return {j: (o or "") if i else None for j, (i, o) in zip(job_ids, found, strict=True)}
 
     def put_cell(self, job_id: str, cell: dict[str, Any], summary: dict[str, Any]) -> None:
         index = str(cell["index"])
@@ -533,10 +547,15 @@ class JobStore:
         for job_id in job_ids:
             pipe.hvals(keys.progress(job_id))
             pipe.hlen(keys.batches(job_id))
+            pipe.hvals(keys.cached(job_id))
         out = pipe.execute()
         return [
-            Progress(runs_done=sum(int(r) for r in runs), batches_done=batches)
-            for runs, batches in zip(out[::2], out[1::2], strict=True)
+            Progress(
+                runs_done=sum(int(r) for r in runs),
+                batches_done=batches,
+                runs_cached=sum(int(c) for c in cached),
+            )
+            for runs, batches, cached in zip(out[::3], out[1::3], out[2::3], strict=True)
         ]
 
     def progress(self, job_id: str) -> Progress:
@@ -559,15 +578,17 @@ class JobStore:
         self, job_id: str, queue: str, cell: dict[str, Any], row: dict[str, Any], seconds: float
     ) -> None:
         """A cell finished: its `cell` event (summary `row`), and its runs and GD steps in the
-        training metrics. Runs of a batch train together as one tensor program, so a run's
-        duration is the `seconds` from its batch's start until its cell finished."""
-        runs = cell["runs"]
+        training metrics (runs taken from the run cache count in neither). Runs of a batch
+        train together as one tensor program, so a run's duration is the `seconds` from its
+        batch's start until its cell finished."""
+        runs = [run for run in cell["runs"] if not run.get("cached")]
         steps = sum(int(run.get("steps", 0)) for run in runs)
         pipe = self.redis.pipeline(transaction=False)
         events.emit(pipe, job_id, events.CELL, row)
         counters.inc(pipe, "runs_trained_total", {"queue": queue}, len(runs))
         counters.inc(pipe, "gd_steps_total", {"queue": queue}, steps)
-        counters.observe(pipe, "run_duration_seconds", {"queue": queue}, seconds, len(runs))
+        if runs:
+            counters.observe(pipe, "run_duration_seconds", {"queue": queue}, seconds, len(runs))
         pipe.execute()
 
     def count(self, name: str, labels: counters.Labels, amount: float = 1) -> None:
