@@ -15,6 +15,7 @@ batch time limit at the latest.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -150,15 +151,27 @@ class RunCache:
         alive = dict(zip(named, pipe.execute(), strict=True))
         return {r.slot for r, t in zip(refs, targets, strict=True) if t and alive[t]}
 
-    def count_cached(self, spec: JobSpec) -> int:
-        """How many runs of `spec` the cache would serve (what a dry run reports)."""
-        return len(self.cached_slots(spec))
+
+def cached_slots(
+    client: redis.Redis, spec: JobSpec, owner: str, settings: Settings
+) -> set[tuple[int, int]]:
+    """(cell index, seed) of each run of `spec` that a job of `owner` would take from the
+    cache, not train (none when BOLAB_CACHE_SCOPE is off or the spec says `cache: false`)."""
+    cache = RunCache.for_owner(client, settings, owner)
+    return cache.cached_slots(spec) if cache else set()
 
 
 def count_cached(client: redis.Redis, spec: JobSpec, owner: str, settings: Settings) -> int:
-    """Runs of `spec` that a job of `owner` would take from the cache, not train."""
-    cache = RunCache.for_owner(client, settings, owner)
-    return cache.count_cached(spec) if cache else 0
+    """How many runs of `spec` a job of `owner` would take from the cache: a dry run's
+    `runs_cached`."""
+    return len(cached_slots(client, spec, owner, settings))
+
+
+def cached_per_cell(
+    client: redis.Redis, spec: JobSpec, owner: str, settings: Settings
+) -> dict[int, int]:
+    """Cell index -> runs of it the cache holds (what admission does not charge)."""
+    return dict(Counter(i for i, _ in cached_slots(client, spec, owner, settings)))
 
 
 def _run_of(cell: dict[str, Any] | None, seed: int) -> dict[str, Any] | None:
