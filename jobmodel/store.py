@@ -575,13 +575,18 @@ class JobStore:
         events.emit(self.redis, job_id, kind, data)
 
     def cell_done(
-        self, job_id: str, queue: str, cell: dict[str, Any], row: dict[str, Any], seconds: float
+        self,
+        job_id: str,
+        queue: str,
+        row: dict[str, Any],
+        seconds: float,
+        trained: list[dict[str, Any]],
     ) -> None:
-        """A cell finished: its `cell` event (summary `row`), and its runs and GD steps in the
-        training metrics (runs taken from the run cache count in neither). Runs of a batch
-        train together as one tensor program, so a run's duration is the `seconds` from its
-        batch's start until its cell finished."""
-        runs = [run for run in cell["runs"] if not run.get("cached")]
+        """A cell finished: its `cell` event (summary `row`), and the runs of it this delivery
+        `trained` (not those taken from the run cache or an earlier delivery) and their GD
+        steps in the training metrics. Runs of a batch train together as one tensor program,
+        so a run's duration is the `seconds` from its batch's start until its cell finished."""
+        runs = trained
         steps = sum(int(run.get("steps", 0)) for run in runs)
         pipe = self.redis.pipeline(transaction=False)
         events.emit(pipe, job_id, events.CELL, row)

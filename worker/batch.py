@@ -62,6 +62,7 @@ class BatchRun:
         self.runs_done = 0
         self.runs_cached = 0
         self.known: dict[Slot, dict[str, Any]] = {}
+        self.trained: set[Slot] = set()  # by this delivery
         self.claimed: list[RunRef] = []
         self.key_of: dict[Slot, str] = {}
         self.progress_gate = Throttle(config.progress_interval_s)
@@ -85,7 +86,7 @@ class BatchRun:
                     known=self.known,
                     skip={r.slot for r in waiting},
                     source_job=self.job.id,
-                    on_run_done=self.known.__setitem__,
+                    on_run_done=self.on_run_done,
                     on_runs_done=self.on_runs_done,
                     on_cell_done=self.on_cell_done,
                     should_cancel=self.should_cancel,
@@ -140,6 +141,10 @@ class BatchRun:
 
     # --- what the engine reports --------------------------------------------------------
 
+    def on_run_done(self, slot: Slot, run: dict[str, Any]) -> None:
+        self.known[slot] = run
+        self.trained.add(slot)
+
     def on_runs_done(self, k: int, force: bool = False) -> None:
         self.runs_done += k
         if self.progress_gate.ready() or force:
@@ -154,7 +159,9 @@ class BatchRun:
     def on_cell_done(self, cell: dict[str, Any]) -> None:
         row = summary_rows([cell])[0]
         seconds = time.perf_counter() - self.started
-        self.jobs.cell_done(self.job.id, self.job.queue, cell, row, seconds)
+        index = cell["index"]
+        trained = [r for r in cell["runs"] if (index, r["seed"]) in self.trained]
+        self.jobs.cell_done(self.job.id, self.job.queue, row, seconds, trained)
         # Last: the engine reports the runs' progress right after this callback, and a status
         # read in between should not see the cell with no runs done yet.
         self.jobs.put_cell(self.job.id, cell, row)
