@@ -168,3 +168,16 @@ def test_a_bad_cache_field_is_422_naming_it(app: AppClient, bad: Any) -> None:
     response = app.post("/v1/jobs", json={**TINY, "cache": bad})
     assert response.status_code == 422
     assert ["body", "cache"] in [e["loc"] for e in response.json()["detail"]]
+    assert app.post("/v1/jobs", json={**TINY, "cache": False}).status_code == 202
+
+
+def test_runs_cached_are_counted_for_prometheus(app: AppClient, store: JobStore) -> None:
+    def cached_total() -> float:
+        for line in app.get("/metrics").text.splitlines():
+            if line.startswith('bolab_runs_cached_total{queue="cpu"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = cached_total()
+    store.count("runs_cached_total", {"queue": "cpu"}, 3)
+    assert cached_total() == before + 3
