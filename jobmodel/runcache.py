@@ -2,8 +2,9 @@
 
 A run is stored once, in the cells of the job that trained it (`bolab:job:{id}:cells`); the
 cache adds one hash field per run, run key -> "job-id cell-index" (`keys.run_cache`). A lookup
-follows the pointer and takes the run of that seed from the cell. A pointer whose job was
-deleted (DELETE, retention) finds no cell: it misses and is dropped.
+follows the pointer and takes the run of that seed from the cell. Deleting a job (DELETE,
+retention) drops the pointers to its runs (`forget_job`); a pointer whose cell is gone anyway
+misses and is dropped at that lookup. No pointer keeps a run alive.
 
 Two jobs that need the same run at the same time train it once: before training, a batch
 claims the runs it will train (`keys.run_claim`, value = the lease key of that batch). A claim
@@ -50,6 +51,17 @@ return out
 _RELEASE = """
 for _, claim in ipairs(KEYS) do
   if redis.call('GET', claim) == ARGV[1] then redis.call('DEL', claim) end
+end
+return 0
+"""
+# Drop the pointers (fields ARGV[2..] of KEYS[1]) that name a cell of job ARGV[1].
+_FORGET_JOB = """
+local prefix = ARGV[1] .. ' '
+for i = 2, #ARGV do
+  local target = redis.call('HGET', KEYS[1], ARGV[i])
+  if target and string.sub(target, 1, #prefix) == prefix then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  end
 end
 return 0
 """
@@ -102,7 +114,7 @@ class RunCache:
         return found
 
     def _cells(self, targets: set[str]) -> dict[str, dict[str, Any] | None]:
-        """"job-id cell-index" -> that stored cell (None when the job or cell is gone)."""
+        """ "job-id cell-index" -> that stored cell (None when the job or cell is gone)."""
         order = sorted(targets)
         pipe = self.redis.pipeline(transaction=False)
         for target in order:
@@ -150,6 +162,20 @@ class RunCache:
             pipe.hexists(keys.cells(job_id), index)
         alive = dict(zip(named, pipe.execute(), strict=True))
         return {r.slot for r, t in zip(refs, targets, strict=True) if t and alive[t]}
+
+
+def forget_job(client: redis.Redis, job_id: str, spec: dict[str, Any], owner: str) -> None:
+    """Drop the pointers to the runs of a deleted job, in both scopes it may have filled and
+    for both kinds of device it may have trained on (else they would wait for a lookup)."""
+    try:
+        parsed = JobSpec.model_validate(spec)
+    except ValueError:  # a spec this version no longer reads: its keys cannot be rebuilt
+        return
+    everything = range(len(parsed.cells))
+    run_keys = {r.key for device in ("cpu", "cuda") for r in run_refs(parsed, everything, device)}
+    script = client.register_script(_FORGET_JOB)
+    for scope in ("lab", f"owner:{owner}"):
+        script(keys=[keys.run_cache(scope)], args=[job_id, *sorted(run_keys)])
 
 
 def cached_slots(

@@ -20,7 +20,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from jobmodel import counters, events, keys, logs, queue
+from jobmodel import counters, events, keys, logs, queue, runcache
 from jobmodel.leases import Leases
 
 log = logging.getLogger(__name__)
@@ -426,6 +426,7 @@ class JobStore:
             keys.cached(job_id),
         ]
         args = [job_id, keys.lease(job_id, ""), len(ACTIVE), *ACTIVE, *TERMINAL]
+        spec, owner = self.redis.hmget(keys.job(job_id), "spec", "owner")
         outcome = Deletion(
             self._delete(
                 keys=[keys.job(job_id), keys.JOBS, keys.WEBHOOKS_DUE, keys.WEBHOOK_ATTEMPTS]
@@ -435,6 +436,8 @@ class JobStore:
         )
         if outcome == Deletion.deleted:
             logs.event("job.deleted", job_id=job_id)
+            if spec:  # the run cache no longer points at its runs
+                runcache.forget_job(self.redis, job_id, json.loads(spec), owner or "")
         return outcome
 
     def finished_before(self, cutoff: float, limit: int = 100) -> list[str]:

@@ -95,7 +95,18 @@ def test_a_run_is_never_served_under_another_numerics_version(
 
 def test_a_deleted_jobs_runs_miss_and_their_pointers_go(fresh: JobStore, trained: dict) -> None:
     job_id = finish_job(fresh, SPEC, trained)
+    fresh.redis.hset("bolab:runs:lab", "f" * 64, "another 0")  # another job's run stays
     assert fresh.delete(job_id) == "deleted"
+    assert fresh.redis.hkeys("bolab:runs:lab") == ["f" * 64]  # its pointers went with it
+    cache = RunCache(fresh.redis, "lab")
+    assert cache.lookup(refs_for(SPEC)) == {}
+
+
+def test_a_pointer_to_a_job_gone_otherwise_misses_and_is_dropped(
+    fresh: JobStore, trained: dict
+) -> None:
+    job_id = finish_job(fresh, SPEC, trained)
+    fresh.redis.delete(f"bolab:job:{job_id}:cells")  # gone without DELETE (a flushed key)
     cache = RunCache(fresh.redis, "lab")
     assert cache.lookup(refs_for(SPEC)) == {}
     assert fresh.redis.hlen("bolab:runs:lab") == 0  # dropped at that lookup
