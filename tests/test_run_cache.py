@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,9 @@ from typing import Any
 
 import pytest
 import redis
+from typer.testing import CliRunner
 
+from bolab.cli import app
 from bolab.client import LabClient
 from bolab.stack import ApiServer, RedisServer, WorkerProcess
 from jobmodel import keys
@@ -132,7 +135,7 @@ def test_a_spec_overlapping_half_an_earlier_job_trains_only_the_other_half(
     assert cached == [[True, True], [False, False]]
 
 
-def test_cache_false_retrains_everything(cache_lab: CacheLab) -> None:
+def test_cache_false_retrains_everything(cache_lab: CacheLab, tmp_path: Path) -> None:
     spec = {**TINY, "n": 36}
     cache_lab.run("alice", spec)
     trained_before = cache_lab.trained()
@@ -140,6 +143,17 @@ def test_cache_false_retrains_everything(cache_lab: CacheLab) -> None:
     assert cache_lab.trained() - trained_before == 2
     assert job["progress"]["runs_cached"] == 0
     assert not any(r["cached"] for r in runs_of(result))
+    # The CLI's --no-cache says the same.
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    env = {"BOLAB_API_KEY": cache_lab.api_keys["alice"]}
+    args = ["submit", str(spec_file), "--no-cache", "--url", cache_lab.api.url]
+    submitted = CliRunner().invoke(app, args, env=env)
+    assert submitted.exit_code == 0, submitted.stderr
+    with cache_lab.client("alice") as alice:
+        job = ended(alice, submitted.stdout.strip(), 60)
+    assert job["spec"]["cache"] is False and job["progress"]["runs_cached"] == 0
+    assert cache_lab.trained() - trained_before == 4
 
 
 def test_runs_of_a_deleted_job_train_again(cache_lab: CacheLab) -> None:
