@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +24,6 @@ import redis
 from bolab.client import LabClient
 from bolab.stack import ApiServer, RedisServer, WorkerProcess
 from jobmodel import keys
-from service.auth import entry_line, new_key
 
 
 def timed_job(client: LabClient, spec: dict) -> tuple[dict, float]:
@@ -30,6 +31,13 @@ def timed_job(client: LabClient, spec: dict) -> tuple[dict, float]:
     job_id = client.submit(spec)["id"]
     job = client.wait(job_id)
     return client.status(job_id) | {"status": job["status"]}, time.perf_counter() - started
+
+
+def add_key(user: str, keys_file: Path) -> str:
+    """`bolab keys add` (this script's folder shadows the `service` package for imports)."""
+    bolab = Path(sys.executable).with_name("bolab")
+    args = [str(bolab), "keys", "add", user, "--file", str(keys_file)]
+    return subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip()
 
 
 def same_runs(a: dict, b: dict) -> bool:
@@ -50,8 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     spec = json.loads(args.spec.read_text())
     where = Path(tempfile.mkdtemp(prefix="bolab-cache-bench-"))
-    users = {"alice": new_key(), "bob": new_key()}
-    (where / "keys").write_text("".join(entry_line(u, "user", k) + "\n" for u, k in users.items()))
+    users = {user: add_key(user, where / "keys") for user in ("alice", "bob")}
     server = RedisServer(where / "redis", log_path=where / "redis.log")
     server.start()
     api = ApiServer(server.url, env={"BOLAB_KEYS_FILE": str(where / "keys")})
