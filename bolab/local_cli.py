@@ -61,6 +61,15 @@ def run(
     device: Annotated[
         str | None, typer.Option(help="override the spec's device: auto, cpu or cuda")
     ] = None,
+    cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache",
+            file_okay=False,
+            help="with --local: a run cache directory (one file per run); runs found there are "
+            "not trained again, runs trained are added",
+        ),
+    ] = None,
 ) -> None:
     """Run a spec and write its result: in this process with --local, else on the lab service.
 
@@ -71,12 +80,17 @@ def run(
     spec = load_spec(spec_file)
     if device is not None:
         spec = JobSpec.model_validate({**spec.model_dump(exclude_unset=True), "device": device})
-    result = _run_here(spec) if local else _run_on_service(spec)
+    if cache is not None and not local:
+        raise typer.BadParameter(
+            "--cache needs --local (the service has its own)", param_hint="--cache"
+        )
+    result = _run_here(spec, cache) if local else _run_on_service(spec)
     write_result(result, spec, fmt, out_file)  # type: ignore[arg-type]
 
 
-def _run_here(spec: JobSpec) -> dict[str, Any]:
+def _run_here(spec: JobSpec, cache_dir: Path | None = None) -> dict[str, Any]:
     from bo_engine.runner import run_spec
+    from bolab.local_cache import DirCache
 
     columns = (
         TextColumn("{task.description}"),
@@ -89,14 +103,16 @@ def _run_here(spec: JobSpec) -> dict[str, Any]:
     with Progress(*columns, console=err, transient=True) as bar:
         task = bar.add_task(f"training {cells} cell(s)", total=spec.runs_total)
         try:
-            result = run_spec(spec, on_runs_done=lambda k: bar.advance(task, k))
+            cache = DirCache(cache_dir) if cache_dir is not None else None
+            result = run_spec(spec, cache=cache, on_runs_done=lambda k: bar.advance(task, k))
         except RuntimeError as exc:  # e.g. cuda asked for where there is none
             err.print(f"[red]cannot run[/]: {exc}")
             raise typer.Exit(1) from None
     engine = result["engine"]
+    cached = sum(run.get("cached", False) for cell in result["cells"] for run in cell["runs"])
     err.print(
-        f"{spec.runs_total} runs in {cells} cells, {engine['wall_seconds']:.1f} s "
-        f"on {engine['device']} ({engine['dtype']})"
+        f"{spec.runs_total} runs in {cells} cells ({cached} from the cache), "
+        f"{engine['wall_seconds']:.1f} s on {engine['device']} ({engine['dtype']})"
     )
     return result
 
