@@ -23,6 +23,8 @@
                                         "...|sum" and "...|count" (buckets not cumulative)
     bolab:webhooks:due            zset  job id -> unix time its webhook delivery is next due
     bolab:webhooks:attempts       hash  job id -> delivery attempts made so far
+    bolab:cost:history            stream  one entry per trained cell: its parameters, steps and
+                                        seconds (capped; the cost estimate is fitted on it)
 
 Per-batch hashes keep progress idempotent: a re-delivered batch overwrites its own fields
 instead of adding to a counter twice. Celery's broker keys (`celery`, `_kombu.*`, `unacked*`)
@@ -95,6 +97,7 @@ def events(job_id: str) -> str:
 METRIC_COUNTERS = f"{PREFIX}:metrics:counters"
 WEBHOOKS_DUE = f"{PREFIX}:webhooks:due"
 WEBHOOK_ATTEMPTS = f"{PREFIX}:webhooks:attempts"
+COST_HISTORY = f"{PREFIX}:cost:history"
 
 
 def metric_histogram(name: str) -> str:

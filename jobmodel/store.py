@@ -20,7 +20,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from jobmodel import counters, events, keys, logs, queue
+from jobmodel import cost_history, counters, events, keys, logs, queue
 from jobmodel.leases import Leases
 
 log = logging.getLogger(__name__)
@@ -558,9 +558,10 @@ class JobStore:
     def cell_done(
         self, job_id: str, queue: str, cell: dict[str, Any], row: dict[str, Any], seconds: float
     ) -> None:
-        """A cell finished: its `cell` event (summary `row`), and its runs and GD steps in the
-        training metrics. Runs of a batch train together as one tensor program, so a run's
-        duration is the `seconds` from its batch's start until its cell finished."""
+        """A cell finished: its `cell` event (summary `row`), its runs and GD steps in the
+        training metrics, and its measured cost in the history the estimate learns from. Runs
+        of a batch train together as one tensor program, so a run's duration is the `seconds`
+        from its batch's start until its cell finished."""
         runs = cell["runs"]
         steps = sum(int(run.get("steps", 0)) for run in runs)
         pipe = self.redis.pipeline(transaction=False)
@@ -568,7 +569,12 @@ class JobStore:
         counters.inc(pipe, "runs_trained_total", {"queue": queue}, len(runs))
         counters.inc(pipe, "gd_steps_total", {"queue": queue}, steps)
         counters.observe(pipe, "run_duration_seconds", {"queue": queue}, seconds, len(runs))
+        cost_history.record(pipe, job_id, queue, cell, seconds)
         pipe.execute()
+
+    def cost_history(self) -> list[dict[str, Any]]:
+        """The measured cost of recently trained cells, oldest first (`jobmodel.cost_history`)."""
+        return cost_history.read(self.redis)
 
     def count(self, name: str, labels: counters.Labels, amount: float = 1) -> None:
         counters.inc(self.redis, name, labels, amount)

@@ -1,4 +1,5 @@
-"""Dependencies the routes take through `Depends`: the app's settings, job store and queue."""
+"""Dependencies the routes take through `Depends`: the app's settings, job store, queue, and
+the cost estimate's model and cached-run count."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from fastapi import Depends, Request
 from jobmodel.queue import JobQueue
 from jobmodel.settings import Settings
 from jobmodel.store import JobStore
+from service.estimates import CachedRuns, Estimator
 
 
 def get_settings(request: Request) -> Settings:
@@ -23,6 +25,16 @@ def get_queue(request: Request) -> JobQueue:
     return request.app.state.queue
 
 
+def get_estimator(request: Request) -> Estimator:
+    return request.app.state.estimator
+
+
+def get_cached_runs(request: Request) -> CachedRuns:
+    return request.app.state.cached_runs
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
+EstimatorDep = Annotated[Estimator, Depends(get_estimator)]
+CachedRunsDep = Annotated[CachedRuns, Depends(get_cached_runs)]

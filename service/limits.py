@@ -7,7 +7,8 @@
   they hold for any JSON spelling of a number ("6000", 6000.0, 6e3, inside grids); then the cost
   model's estimates (`bo_engine.cost`): work, peak memory of a batch, work of one stage no cancel
   can interrupt,
-  trajectory points per run and result size. Over a bound: 422 naming the bound and the value.
+  trajectory points per run and result size. Over a bound: 422 naming every bound broken and
+  its value (a dry run lists them instead, `violations`).
 - Per key: at most `BOLAB_MAX_ACTIVE_JOBS` queued+running jobs (429, checked atomically by the
   job store when the job is created).
 """
@@ -18,6 +19,7 @@ import math
 from typing import Annotated, Any
 
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator, BeforeValidator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -164,19 +166,33 @@ def _bound(field: str, s: Settings) -> tuple[str, float]:
     return setting, getattr(s, setting)
 
 
-def check_bounds(spec: JobSpec, s: Settings) -> JobSpec:
-    """The size bounds on every resolved cell (the values the engine will use), then the cost
-    model's bounds on work, memory, one step and the result (`bo_engine.cost`)."""
+def violations(spec: JobSpec, s: Settings) -> list[str]:
+    """Every bound the resolved spec breaks, one message each: the size bounds on every cell
+    (the values the engine will use), then the cost model's bounds on work, memory, one step
+    and the result (`bo_engine.cost`)."""
     values: dict[str, list[Any]] = {field: [] for field in BOUNDED}
     values["seed"] = []
     for cell in spec.cells:
         for field in BOUNDED:
             values[field].append(getattr(cell, field))
         values["seed"].append(cell.seed + cell.seeds - 1)
-    problems = _over_bounds(values, s) or _over_costs(spec, s)
+    return _over_bounds(values, s) + _over_costs(spec, s)
+
+
+def check_bounds(spec: JobSpec, s: Settings) -> JobSpec:
+    """`spec`, or a ValueError naming every bound it breaks (`violations`)."""
+    problems = violations(spec, s)
     if problems:
         raise ValueError("; ".join(problems))
     return spec
+
+
+def over_bounds_error(problems: list[str], body: Any) -> RequestValidationError:
+    """The 422 of a spec over bounds, as the body's validation reports it (`check_bounds`)."""
+    message = "Value error, " + "; ".join(problems)
+    return RequestValidationError(
+        [{"type": "value_error", "loc": ("body",), "msg": message, "input": body}]
+    )
 
 
 def _over_costs(spec: JobSpec, s: Settings) -> list[str]:
@@ -206,10 +222,14 @@ def _show(value: float) -> str:
 
 
 def bounded_spec(settings: Settings) -> Any:
-    """The body type of POST /v1/jobs: the JobSpec schema, with these bounds around its
-    validation (one type per app, since each app has its own settings)."""
-    return Annotated[
-        JobSpec,
-        BeforeValidator(lambda data: precheck(data, settings)),
-        AfterValidator(lambda spec: check_bounds(spec, settings)),
-    ]
+    """The JobSpec schema, with these bounds around its validation (one type per app, since
+    each app has its own settings)."""
+    check = AfterValidator(lambda spec: check_bounds(spec, settings))
+    return Annotated[prechecked_spec(settings), check]
+
+
+def prechecked_spec(settings: Settings) -> Any:
+    """The body type of POST /v1/jobs: the JobSpec schema after `precheck` (a grid too big to
+    expand is refused before it is). The route collects the resolved spec's `violations`: a
+    dry run lists them, a submit answers them as `over_bounds_error`."""
+    return Annotated[JobSpec, BeforeValidator(lambda data: precheck(data, settings))]

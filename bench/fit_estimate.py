@@ -1,0 +1,73 @@
+"""Fit the cost estimate's default model on this machine and write bo_engine/estimate_default.json.
+
+Runs a set of small-to-medium specs through the worker's engine path (`plan_batches`, then
+`runner.batch_cells` per batch), records every finished cell as a worker does
+(`bo_engine.estimate.cell_record`), fits the steps model and the CPU throughput
+(`bo_engine.estimate.fit`) and writes the result. No GPU data: the default has no "gpu" entry.
+
+    OMP_NUM_THREADS= .venv/bin/python bench/fit_estimate.py [--out FILE]
+
+Takes a few minutes on 2 cores; run it with the machine as quiet as you can.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from bo_engine.estimate import DEFAULT_FILE, EstimateModel, cell_record, fit
+from bo_engine.plan import plan_batches
+from bo_engine.spec import JobSpec
+from jobmodel.settings import Settings
+
+BASE = {"width": 64, "alpha": 0.1, "corruption_rate": 0.1, "n_test": 1000, "seeds": 2}
+SPECS: list[dict[str, Any]] = [
+    *(
+        {**BASE, "n": n, "grid": {"d_over_n": [1, 3, 8], "gamma_times_n": [0, 2, 8]}}
+        for n in (30, 60, 120, 200)
+    ),
+    {**BASE, "stop": "zero_loss", "grid": {"n": [30, 80], "d_over_n": [2, 6],
+                                           "gamma_times_n": [1, 5]}},
+    {**BASE, "n": 200, "grid": {"d": [20, 40], "gamma_times_n": [2, 8]}},  # the plain form
+]
+# Until the first fit: a placeholder every part of which the records replace.
+BLANK = EstimateModel(coef=(0.0,) * 5, spread=1.0, throughput={}, cpus=1)
+
+
+def record_spec(job: str, spec: JobSpec) -> list[dict[str, Any]]:
+    """Train `spec` batch by batch as a worker would; one record per finished cell."""
+    from bo_engine import runner
+
+    cpus = len(os.sched_getaffinity(0))
+    records: list[dict[str, Any]] = []
+    for batch in plan_batches(spec):
+        started, wall_started = time.perf_counter(), time.time()
+
+        def done(cell: dict[str, Any], started: float = started, at: float = wall_started) -> None:
+            seconds = time.perf_counter() - started
+            records.append(cell_record(job, cell, seconds, "cpu", cpus, at))
+
+        runner.batch_cells(spec, batch, on_cell_done=done)
+    return records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_FILE)
+    args = parser.parse_args()
+    records: list[dict[str, Any]] = []
+    for k, body in enumerate(SPECS):
+        spec = JobSpec.model_validate(body)
+        started = time.perf_counter()
+        records += record_spec(f"fit-{k}", spec)
+        print(f"spec {k}: {spec.runs_total} runs, {time.perf_counter() - started:.1f} s")
+    model = fit(records, Settings().max_parallel_runs, BLANK)
+    args.out.write_text(model.to_json() + "\n")
+    print(model.to_json())
+
+
+if __name__ == "__main__":
+    main()

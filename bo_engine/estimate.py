@@ -1,0 +1,310 @@
+"""What a job will take before it runs: GD steps per run as a range, and wall seconds.
+
+Two fitted parts, both refitted from what workers record (`cell_record`, one per finished cell):
+
+**Steps per run.** A log-linear model, fitted by least squares on every recorded run:
+
+    log steps = b0 + b1 log n + b2 log(gamma n + GAMMA_N_EPS) + b3 log(d / n) + b4 [zero_loss]
+                - log(lr width n)          (a fixed offset: 0 at the default step size)
+
+Its range is the fit's value times exp(+-Z_SPREAD s), s the residuals' standard deviation,
+capped at [1, max_steps].
+
+**Seconds.** The work of a run is that of `bo_engine.cost` (the one cost model admission control
+uses): `steps` GD steps of `cost.step_work` units plus the rest of `cost.run_cost` (data,
+products, result, baseline). Units become seconds through a throughput (units/s) fitted per
+device kind from recorded batches. A CPU worker trains a batch's runs `threads` at a time, so a
+batch takes max(sum of its runs / threads, its longest run) plus `cost.BATCH_UNITS`; a GPU
+trains them as one program (the sum). Batches of a job run one after the other (one worker).
+The seconds' range widens the steps' range by the throughput's spread, exp(+-Z_SPREAD s_rate).
+
+Pure: no I/O beyond reading the shipped default (`estimate_default.json`, written by
+`bench/fit_estimate.py` on the project's machine).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bo_engine.cost import BATCH_UNITS, job_cost, run_cost, step_work, trained_in_loop
+from bo_engine.plan import Batch, plan_batches
+from bo_engine.spec import Cell, JobSpec
+
+GAMMA_N_EPS = 0.5  # keeps log(gamma n) finite at gamma = 0 (no signal)
+Z_SPREAD = 2.0  # half-width of a range, in residual standard deviations (about 95 %)
+MIN_SPREAD = 0.1  # a fit on few points claims no less spread than this (log units)
+MIN_RUNS_TO_FIT = 20  # recorded runs before the steps model is refitted from history
+SAME_BATCH_S = 0.5  # cells whose batches started this close (same job) share a batch
+DEFAULT_FILE = Path(__file__).with_name("estimate_default.json")
+DEVICES = ("cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Work units per second on one device kind, and the log-spread of batches around it."""
+
+    units_per_s: float
+    spread: float
+
+
+@dataclass(frozen=True)
+class EstimateModel:
+    """The fitted steps model and a throughput per device kind (absent: no data for it)."""
+
+    coef: tuple[float, ...]
+    spread: float
+    throughput: dict[str, Throughput]
+    cpus: int  # cores of the workers the throughput was measured on
+    runs: int = 0  # runs the steps model was fitted on
+    batches: dict[str, int] = field(default_factory=dict)  # batches per device kind
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> EstimateModel:
+        data = json.loads(text)
+        data["coef"] = tuple(data["coef"])
+        data["throughput"] = {k: Throughput(**v) for k, v in data["throughput"].items()}
+        return cls(**data)
+
+
+def default_model() -> EstimateModel:
+    """The model fitted on this project's machine (`bench/fit_estimate.py`)."""
+    return EstimateModel.from_json(DEFAULT_FILE.read_text())
+
+
+# --- what workers record -----------------------------------------------------------------
+
+
+def cell_record(
+    job: str, cell: dict[str, Any], seconds: float, device: str, cpus: int, batch_started: float
+) -> dict[str, Any]:
+    """One finished cell of job `job` as the estimator learns from it: its resolved parameters,
+    the steps of each run it trained (runs served from elsewhere, `cached`, took no training),
+    the seconds since its batch started, the device kind ("cpu"/"gpu"), the worker's cores, and
+    when (epoch seconds) its batch started, which groups cells into batches."""
+    fields = set(Cell.model_fields)
+    return {
+        "job": job,
+        "params": {k: v for k, v in cell["params"].items() if k in fields},
+        "steps": [int(r["steps"]) for r in cell["runs"] if not r.get("cached")],
+        "seconds": float(seconds),
+        "device": device,
+        "cpus": int(cpus),
+        "batch_started": round(float(batch_started), 3),
+    }
+
+
+# --- the steps model -----------------------------------------------------------------------
+
+
+def features(cell: Cell) -> list[float]:
+    """The regressors of log steps (see the module's docstring)."""
+    return [
+        1.0,
+        math.log(cell.n),
+        math.log(cell.gamma * cell.n + GAMMA_N_EPS),
+        math.log(cell.d / cell.n),
+        1.0 if cell.stop == "zero_loss" else 0.0,
+    ]
+
+
+def _offset(cell: Cell) -> float:
+    """log steps moves as -log(step size) around the default step size 1/(width n)."""
+    return -math.log(cell.lr * cell.width * cell.n)
+
+
+def fit_steps(cells_steps: Iterable[tuple[Cell, int]]) -> tuple[tuple[float, ...], float, int]:
+    """Least squares of log steps on `features`; the coefficients, residual sd and run count."""
+    pairs = list(cells_steps)
+    x = np.array([features(c) for c, _ in pairs])
+    y = np.array([math.log(max(s, 1)) - _offset(c) for c, s in pairs])
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    residual = y - x @ coef
+    dof = max(len(pairs) - len(coef), 1)
+    spread = max(float(math.sqrt(residual @ residual / dof)), MIN_SPREAD)
+    return tuple(float(c) for c in coef), spread, len(pairs)
+
+
+def steps_range(cell: Cell, model: EstimateModel) -> tuple[float, float]:
+    """GD steps of one run of `cell`: [lo, hi], within [1, max_steps]."""
+    mean = float(np.dot(model.coef, features(cell))) + _offset(cell)
+    lo, hi = (math.exp(mean + z * model.spread) for z in (-Z_SPREAD, Z_SPREAD))
+    return min(max(lo, 1.0), cell.max_steps), min(max(hi, 1.0), cell.max_steps)
+
+
+# --- work and seconds ------------------------------------------------------------------------
+
+
+def run_work(cell: Cell, steps: float, spec: JobSpec, device: str) -> float:
+    """Work units of one run that takes `steps` GD steps: `cost.run_cost` with its worst case of
+    max_steps steps replaced by `steps`."""
+    cuda = "cuda" if device == "gpu" else "cpu"
+    full = run_cost(
+        cell,
+        dtype=spec.dtype,
+        device=cuda,
+        record_every=spec.record_every,
+        baseline=spec.max_margin_baseline,
+    ).work
+    step = step_work(cell, spec.dtype, trained_in_loop(cell, cuda))
+    return full - (cell.max_steps - steps) * step
+
+
+def batch_units(works: list[float], threads: int) -> float:
+    """Effective units of one batch: runs `threads` at a time (1 on a GPU: one program)."""
+    return max(sum(works) / threads, max(works, default=0.0)) + BATCH_UNITS
+
+
+def threads_for(device: str, cpus: int, parallel_runs: int) -> int:
+    return 1 if device == "gpu" else max(1, min(cpus, parallel_runs))
+
+
+# --- fitting from records ------------------------------------------------------------------------
+
+
+def _batches(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Records grouped into the batches they came from (same job and device, start times
+    within SAME_BATCH_S)."""
+    ordered = sorted(records, key=lambda r: (r.get("job", ""), r["device"], r["batch_started"]))
+    groups: list[list[dict[str, Any]]] = []
+    for record in ordered:
+        last = groups[-1][-1] if groups else None
+        same = (
+            last is not None
+            and last.get("job") == record.get("job")
+            and last["device"] == record["device"]
+            and record["batch_started"] - last["batch_started"] <= SAME_BATCH_S
+        )
+        if same:
+            groups[-1].append(record)
+        else:
+            groups.append([record])
+    return groups
+
+
+def _fit_throughput(
+    batches: list[list[dict[str, Any]]], parallel_runs: int
+) -> tuple[dict[str, Throughput], dict[str, int]]:
+    """Per device kind: the median of (effective units / wall seconds) over batches."""
+    logs: dict[str, list[float]] = {}
+    for batch in batches:
+        device = batch[0]["device"]
+        wall = max(r["seconds"] for r in batch)
+        works = [
+            run_work(Cell(**r["params"]), s, _spec_of(r), device) for r in batch for s in r["steps"]
+        ]
+        if wall <= 0 or not works:
+            continue
+        threads = threads_for(device, batch[0]["cpus"], parallel_runs)
+        logs.setdefault(device, []).append(math.log(batch_units(works, threads) / wall))
+    fitted = {
+        device: Throughput(
+            units_per_s=math.exp(float(np.median(values))),
+            spread=max(float(np.std(values)), MIN_SPREAD),
+        )
+        for device, values in logs.items()
+    }
+    return fitted, {device: len(values) for device, values in logs.items()}
+
+
+def _spec_of(record: dict[str, Any]) -> JobSpec:
+    """The job-level facts the work of a recorded run depends on (the JobSpec defaults unless
+    the record says otherwise)."""
+    return JobSpec(n=2, d=1, **record.get("job_fields", {}))
+
+
+def fit(
+    records: list[dict[str, Any]], parallel_runs: int, fallback: EstimateModel
+) -> EstimateModel:
+    """A model refitted from `records`; each part falls back to `fallback`'s where the records
+    are too few (under MIN_RUNS_TO_FIT runs, or no batch of a device kind)."""
+    pairs = [(Cell(**r["params"]), s) for r in records for s in r["steps"]]
+    coef, spread, runs = (
+        fit_steps(pairs) if len(pairs) >= MIN_RUNS_TO_FIT
+        else (fallback.coef, fallback.spread, fallback.runs)
+    )
+    throughput, counts = _fit_throughput(_batches(records), parallel_runs)
+    cpu_records = [r["cpus"] for r in records if r["device"] == "cpu"]
+    return EstimateModel(
+        coef=coef,
+        spread=spread,
+        throughput={**fallback.throughput, **throughput},
+        cpus=int(np.median(cpu_records)) if cpu_records else fallback.cpus,
+        runs=runs,
+        batches={**fallback.batches, **counts},
+    )
+
+
+# --- the estimate of a job -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobEstimate:
+    cells: int
+    runs: int
+    runs_cached: int
+    runs_to_train: int
+    gd_steps: tuple[float, float]
+    seconds: dict[str, tuple[float, float] | None]
+    peak_batch_bytes: int
+
+
+def _job_seconds(
+    spec: JobSpec, batches: list[Batch], ranges: list[tuple[float, float]], model: EstimateModel,
+    device: str, parallel_runs: int,
+) -> tuple[float, float] | None:
+    """Wall seconds of the job's batches, one after the other, on `device`; None without a
+    throughput for it."""
+    rate = model.throughput.get(device)
+    if rate is None:
+        return None
+    threads = threads_for(device, model.cpus, parallel_runs)
+    total = [0.0, 0.0]
+    for batch in batches:
+        for end in (0, 1):
+            works = [
+                run_work(spec.cells[i], ranges[i][end], spec, device)
+                for i in batch.cell_indices
+                for _ in range(spec.cells[i].seeds)
+            ]
+            total[end] += batch_units(works, threads) / rate.units_per_s
+    lo, hi = total
+    return lo * math.exp(-Z_SPREAD * rate.spread), hi * math.exp(Z_SPREAD * rate.spread)
+
+
+def estimate(
+    spec: JobSpec, model: EstimateModel, *, parallel_runs: int, runs_cached: int = 0
+) -> JobEstimate:
+    """The job's cells and runs, its GD steps and seconds as [lo, hi] ranges (scaled to the
+    runs still to train), and the peak memory of its largest batch (`bo_engine.cost`)."""
+    runs = spec.runs_total
+    cached = max(0, min(runs_cached, runs))
+    share = (runs - cached) / runs
+    ranges = [steps_range(cell, model) for cell in spec.cells]
+    pairs = list(zip(spec.cells, ranges, strict=True))
+    steps = [sum(c.seeds * r[end] for c, r in pairs) for end in (0, 1)]
+    batches = plan_batches(spec)
+    seconds = {
+        device: _job_seconds(spec, batches, ranges, model, device, parallel_runs)
+        for device in DEVICES
+    }
+    return JobEstimate(
+        cells=len(spec.cells),
+        runs=runs,
+        runs_cached=cached,
+        runs_to_train=runs - cached,
+        gd_steps=(round(steps[0] * share), round(steps[1] * share)),
+        seconds={
+            d: None if s is None else (s[0] * share, s[1] * share) for d, s in seconds.items()
+        },
+        peak_batch_bytes=job_cost(spec, parallel_runs=parallel_runs).peak_batch_bytes,
+    )

@@ -1,0 +1,67 @@
+"""The cost estimate a dry run answers: the model, refitted from the workers' measured cells at
+most every BOLAB_ESTIMATE_REFIT_S, and the count of a job's runs already cached.
+
+Refitting reads the capped history (`jobmodel.cost_history`) and fits `bo_engine.estimate`; each
+part of the model the history is too thin for keeps the shipped default's values. When Redis
+cannot be read the last model is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from bo_engine.estimate import EstimateModel, JobEstimate, default_model, estimate, fit
+from bo_engine.spec import JobSpec
+from jobmodel.settings import Settings
+from jobmodel.store import JobStore
+
+log = logging.getLogger(__name__)
+
+# How many of a job's runs are already in the run cache; the dry run calls this one function.
+CachedRuns = Callable[[JobSpec], int]
+
+
+def no_cached_runs(spec: JobSpec) -> int:
+    """No run cache: every run is to train."""
+    return 0
+
+
+class Estimator:
+    """This API process's estimate model: the shipped default until the first refit."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.refit_s = settings.estimate_refit_s
+        self.parallel_runs = settings.max_parallel_runs
+        self.default = default_model()
+        self._model = self.default
+        self._next_fit = 0.0
+        self._lock = threading.Lock()
+
+    def model(self, store: JobStore) -> EstimateModel:
+        """The current model, refitted first when the last fit is older than `refit_s`."""
+        with self._lock:
+            if time.monotonic() >= self._next_fit:
+                self._next_fit = time.monotonic() + self.refit_s
+                self._model = self._refit(store)
+            return self._model
+
+    def _refit(self, store: JobStore) -> EstimateModel:
+        try:
+            records = store.cost_history()
+        except redis.RedisError as exc:
+            log.warning("cost history unreadable, estimate model kept: %s", exc)
+            return self._model
+        return fit(records, self.parallel_runs, self.default)
+
+    def estimate(self, spec: JobSpec, store: JobStore, cached_runs: CachedRuns) -> JobEstimate:
+        return estimate(
+            spec,
+            self.model(store),
+            parallel_runs=self.parallel_runs,
+            runs_cached=cached_runs(spec),
+        )
