@@ -5,7 +5,7 @@ Runs a set of small-to-medium specs through the worker's engine path (`plan_batc
 (`bo_engine.estimate.cell_record`), fits the steps model and the CPU throughput
 (`bo_engine.estimate.fit`) and writes the result. No GPU data: the default has no "gpu" entry.
 
-    OMP_NUM_THREADS= .venv/bin/python bench/fit_estimate.py [--out FILE]
+    env -u OMP_NUM_THREADS .venv/bin/python -m bench.fit_estimate [--out FILE]
 
 Takes a few minutes on 2 cores; run it with the machine as quiet as you can.
 """
@@ -23,15 +23,14 @@ from bo_engine.plan import plan_batches
 from bo_engine.spec import JobSpec
 from jobmodel.settings import Settings
 
-BASE = {"width": 64, "alpha": 0.1, "corruption_rate": 0.1, "n_test": 1000, "seeds": 2}
+BASE = {"width": 64, "alpha": 0.1, "corruption_rate": 0.1, "n_test": 1000, "seeds": 3}
 SPECS: list[dict[str, Any]] = [
     *(
         {**BASE, "n": n, "grid": {"d_over_n": [1, 3, 8], "gamma_times_n": [0, 2, 8]}}
-        for n in (30, 60, 120, 200)
+        for n in (30, 60, 120, 200, 300)
     ),
-    {**BASE, "stop": "zero_loss", "grid": {"n": [30, 80], "d_over_n": [2, 6],
+    {**BASE, "stop": "zero_loss", "grid": {"n": [30, 80, 160], "d_over_n": [2, 6],
                                            "gamma_times_n": [1, 5]}},
-    {**BASE, "n": 200, "grid": {"d": [20, 40], "gamma_times_n": [2, 8]}},  # the plain form
 ]
 # Until the first fit: a placeholder every part of which the records replace.
 BLANK = EstimateModel(coef=(0.0,) * 5, spread=1.0, throughput={}, cpus=1)
@@ -58,6 +57,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_FILE)
     args = parser.parse_args()
+    from bo_engine.loop import warm_up
+
+    warm_up()  # as a worker does before its first task: compiling is not training
     records: list[dict[str, Any]] = []
     for k, body in enumerate(SPECS):
         spec = JobSpec.model_validate(body)

@@ -7,8 +7,10 @@ Two fitted parts, both refitted from what workers record (`cell_record`, one per
     log steps = b0 + b1 log n + b2 log(gamma n + GAMMA_N_EPS) + b3 log(d / n) + b4 [zero_loss]
                 - log(lr width n)          (a fixed offset: 0 at the default step size)
 
-Its range is the fit's value times exp(+-Z_SPREAD s), s the residuals' standard deviation,
-capped at [1, max_steps].
+A run's range is the fit's value times exp(+-Z_SPREAD s), s the residuals' standard deviation,
+capped at [1, max_steps]. A job's total is the sum of its runs' lognormal means,
+exp(fit + s^2 / 2); the residuals of many runs partly cancel, so its range is the total times
+exp(+-Z_SPREAD s_job), s_job the log-spread of a sum of independent runs (at least MIN_SPREAD).
 
 **Seconds.** The work of a run is that of `bo_engine.cost` (the one cost model admission control
 uses): `steps` GD steps of `cost.step_work` units plus the rest of `cost.run_cost` (data,
@@ -16,7 +18,8 @@ products, result, baseline). Units become seconds through a throughput (units/s)
 device kind from recorded batches. A CPU worker trains a batch's runs `threads` at a time, so a
 batch takes max(sum of its runs / threads, its longest run) plus `cost.BATCH_UNITS`; a GPU
 trains them as one program (the sum). Batches of a job run one after the other (one worker).
-The seconds' range widens the steps' range by the throughput's spread, exp(+-Z_SPREAD s_rate).
+The seconds are those of each run at its mean steps; their range adds the throughput's spread
+s_rate to the steps' (exp(+-Z_SPREAD sqrt(s_job^2 + s_rate^2))).
 
 Pure: no I/O beyond reading the shipped default (`estimate_default.json`, written by
 `bench/fit_estimate.py` on the project's machine).
@@ -134,11 +137,33 @@ def fit_steps(cells_steps: Iterable[tuple[Cell, int]]) -> tuple[tuple[float, ...
     return tuple(float(c) for c in coef), spread, len(pairs)
 
 
+def _log_steps(cell: Cell, model: EstimateModel) -> float:
+    return float(np.dot(model.coef, features(cell))) + _offset(cell)
+
+
+def _capped(steps: float, cell: Cell) -> float:
+    return min(max(steps, 1.0), cell.max_steps)
+
+
 def steps_range(cell: Cell, model: EstimateModel) -> tuple[float, float]:
     """GD steps of one run of `cell`: [lo, hi], within [1, max_steps]."""
-    mean = float(np.dot(model.coef, features(cell))) + _offset(cell)
-    lo, hi = (math.exp(mean + z * model.spread) for z in (-Z_SPREAD, Z_SPREAD))
-    return min(max(lo, 1.0), cell.max_steps), min(max(hi, 1.0), cell.max_steps)
+    fitted = _log_steps(cell, model)
+    lo, hi = (math.exp(fitted + z * model.spread) for z in (-Z_SPREAD, Z_SPREAD))
+    return _capped(lo, cell), _capped(hi, cell)
+
+
+def steps_mean(cell: Cell, model: EstimateModel) -> float:
+    """Expected GD steps of one run of `cell` (the lognormal mean), within [1, max_steps]."""
+    return _capped(math.exp(_log_steps(cell, model) + model.spread**2 / 2), cell)
+
+
+def sum_spread(spread: float, means: list[float]) -> float:
+    """Log-spread of a sum of independent lognormal runs with these means and log-spread."""
+    total = sum(means)
+    if total <= 0:
+        return MIN_SPREAD
+    relative_var = math.expm1(spread**2) * sum(m * m for m in means) / total**2
+    return max(math.sqrt(math.log1p(relative_var)), MIN_SPREAD)
 
 
 # --- work and seconds ------------------------------------------------------------------------
@@ -259,26 +284,32 @@ class JobEstimate:
 
 
 def _job_seconds(
-    spec: JobSpec, batches: list[Batch], ranges: list[tuple[float, float]], model: EstimateModel,
-    device: str, parallel_runs: int,
-) -> tuple[float, float] | None:
-    """Wall seconds of the job's batches, one after the other, on `device`; None without a
-    throughput for it."""
+    spec: JobSpec,
+    batches: list[Batch],
+    means: list[float],
+    model: EstimateModel,
+    device: str,
+    parallel_runs: int,
+) -> float | None:
+    """Wall seconds of the job's batches, one after the other, on `device`, each run taking
+    its mean steps; None without a throughput for it."""
     rate = model.throughput.get(device)
     if rate is None:
         return None
     threads = threads_for(device, model.cpus, parallel_runs)
-    total = [0.0, 0.0]
+    units = 0.0
     for batch in batches:
-        for end in (0, 1):
-            works = [
-                run_work(spec.cells[i], ranges[i][end], spec, device)
-                for i in batch.cell_indices
-                for _ in range(spec.cells[i].seeds)
-            ]
-            total[end] += batch_units(works, threads) / rate.units_per_s
-    lo, hi = total
-    return lo * math.exp(-Z_SPREAD * rate.spread), hi * math.exp(Z_SPREAD * rate.spread)
+        works = [
+            run_work(spec.cells[i], means[i], spec, device)
+            for i in batch.cell_indices
+            for _ in range(spec.cells[i].seeds)
+        ]
+        units += batch_units(works, threads)
+    return units / rate.units_per_s
+
+
+def _widened(value: float, spread: float) -> tuple[float, float]:
+    return value * math.exp(-Z_SPREAD * spread), value * math.exp(Z_SPREAD * spread)
 
 
 def estimate(
@@ -289,22 +320,24 @@ def estimate(
     runs = spec.runs_total
     cached = max(0, min(runs_cached, runs))
     share = (runs - cached) / runs
-    ranges = [steps_range(cell, model) for cell in spec.cells]
-    pairs = list(zip(spec.cells, ranges, strict=True))
-    steps = [sum(c.seeds * r[end] for c, r in pairs) for end in (0, 1)]
+    means = [steps_mean(cell, model) for cell in spec.cells]
+    per_run = [m for cell, m in zip(spec.cells, means, strict=True) for _ in range(cell.seeds)]
+    spread = sum_spread(model.spread, per_run)
+    steps = _widened(sum(per_run) * share, spread)
     batches = plan_batches(spec)
-    seconds = {
-        device: _job_seconds(spec, batches, ranges, model, device, parallel_runs)
-        for device in DEVICES
-    }
+    seconds: dict[str, tuple[float, float] | None] = {}
+    for device in DEVICES:
+        point = _job_seconds(spec, batches, means, model, device, parallel_runs)
+        rate_spread = model.throughput[device].spread if point is not None else 0.0
+        seconds[device] = (
+            None if point is None else _widened(point * share, math.hypot(spread, rate_spread))
+        )
     return JobEstimate(
         cells=len(spec.cells),
         runs=runs,
         runs_cached=cached,
         runs_to_train=runs - cached,
-        gd_steps=(round(steps[0] * share), round(steps[1] * share)),
-        seconds={
-            d: None if s is None else (s[0] * share, s[1] * share) for d, s in seconds.items()
-        },
+        gd_steps=(round(steps[0]), round(steps[1])),
+        seconds=seconds,
         peak_batch_bytes=job_cost(spec, parallel_runs=parallel_runs).peak_batch_bytes,
     )

@@ -61,6 +61,10 @@ def run(
     device: Annotated[
         str | None, typer.Option(help="override the spec's device: auto, cpu or cuda")
     ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="only show what the run would take; train nothing"),
+    ] = False,
 ) -> None:
     """Run a spec and write its result: in this process with --local, else on the lab service.
 
@@ -71,8 +75,42 @@ def run(
     spec = load_spec(spec_file)
     if device is not None:
         spec = JobSpec.model_validate({**spec.model_dump(exclude_unset=True), "device": device})
+    if dry_run:
+        _dry_run(spec, spec_file, local)
+        return
     result = _run_here(spec) if local else _run_on_service(spec)
     write_result(result, spec, fmt, out_file)  # type: ignore[arg-type]
+
+
+def _dry_run(spec: JobSpec, spec_file: Path, local: bool) -> None:
+    """The estimate of this machine (--local: the shipped model, this machine's cores, the
+    default lab's bounds) or of the service."""
+    from bolab.service_cli import show_estimate
+
+    if not local:
+        from bolab.client import default_url
+        from bolab.service_cli import talking_to
+
+        with talking_to(default_url()) as client:
+            show_estimate(client.estimate(spec.model_dump(mode="json", exclude_unset=True)))
+        return
+    show_estimate(local_estimate(spec))
+
+
+def local_estimate(spec: JobSpec) -> dict[str, Any]:
+    """The dry run's answer for a run in this process: the shipped model with this machine's
+    cores (all of them train runs), and the bounds a lab with these BOLAB_ settings applies."""
+    import os
+    from dataclasses import asdict, replace
+
+    from bo_engine.estimate import default_model, estimate
+    from jobmodel.settings import Settings
+    from service.limits import violations
+
+    cpus = len(os.sched_getaffinity(0))
+    model = replace(default_model(), cpus=cpus)
+    found = asdict(estimate(spec, model, parallel_runs=cpus))
+    return {**found, "violations": violations(spec, Settings())}
 
 
 def _run_here(spec: JobSpec) -> dict[str, Any]:
