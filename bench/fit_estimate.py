@@ -13,6 +13,7 @@ Takes a few minutes on 2 cores; run it with the machine as quiet as you can.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -23,17 +24,21 @@ from bo_engine.plan import plan_batches
 from bo_engine.spec import JobSpec
 from jobmodel.settings import Settings
 
-BASE = {"width": 64, "alpha": 0.1, "corruption_rate": 0.1, "n_test": 1000, "seeds": 3}
+BASE = {"width": 64, "alpha": 0.1, "corruption_rate": 0.1, "n_test": 1000, "seeds": 10}
+# One job (so one batch) per (n, d/n): the throughput is fitted on many batches.
 SPECS: list[dict[str, Any]] = [
     *(
-        {**BASE, "n": n, "grid": {"d_over_n": [1, 3, 8], "gamma_times_n": [0, 2, 8]}}
+        {**BASE, "n": n, "d": n * r, "grid": {"gamma_times_n": [0, 2, 8]}}
         for n in (30, 60, 120, 200, 300)
+        for r in (1, 3, 8)
     ),
-    {**BASE, "stop": "zero_loss", "grid": {"n": [30, 80, 160], "d_over_n": [2, 6],
-                                           "gamma_times_n": [1, 5]}},
+    *(
+        {**BASE, "n": n, "stop": "zero_loss", "grid": {"d_over_n": [2, 6], "gamma_times_n": [1, 5]}}
+        for n in (30, 80, 160)
+    ),
 ]
 # Until the first fit: a placeholder every part of which the records replace.
-BLANK = EstimateModel(coef=(0.0,) * 5, spread=1.0, throughput={}, cpus=1)
+BLANK = EstimateModel(coef=(0.0,) * 7, spread=1.0, throughput={}, cpus=1)
 
 
 def record_spec(job: str, spec: JobSpec) -> list[dict[str, Any]]:
@@ -56,7 +61,12 @@ def record_spec(job: str, spec: JobSpec) -> list[dict[str, Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_FILE)
+    parser.add_argument("--records", type=Path, help="also write the raw records here (JSON)")
+    parser.add_argument("--from-records", type=Path, help="fit these records; train nothing")
     args = parser.parse_args()
+    if args.from_records:
+        write(fit_records(json.loads(args.from_records.read_text())), args.out)
+        return
     from bo_engine.loop import warm_up
 
     warm_up()  # as a worker does before its first task: compiling is not training
@@ -66,8 +76,17 @@ def main() -> None:
         started = time.perf_counter()
         records += record_spec(f"fit-{k}", spec)
         print(f"spec {k}: {spec.runs_total} runs, {time.perf_counter() - started:.1f} s")
-    model = fit(records, Settings().max_parallel_runs, BLANK)
-    args.out.write_text(model.to_json() + "\n")
+    if args.records:
+        args.records.write_text(json.dumps(records))
+    write(fit_records(records), args.out)
+
+
+def fit_records(records: list[dict[str, Any]]) -> EstimateModel:
+    return fit(records, Settings().max_parallel_runs, BLANK)
+
+
+def write(model: EstimateModel, out: Path) -> None:
+    out.write_text(model.to_json() + "\n")
     print(model.to_json())
 
 

@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.fast, pytest.mark.timeout(120)]
 with open("examples/paper_gamma.json") as _file:
     PAPER_GAMMA = json.load(_file)
 BIG = 10**8
-COEF = (2.0, 1.5, -0.5, -0.3, 1.0)  # a known steps model the fit must recover
+COEF = (2.0, 1.5, -0.5, -0.3, 1.0, 0.5, -2.0)  # a known steps model the fit must recover
 
 
 def _cell(**fields: object) -> Cell:
@@ -69,9 +69,11 @@ def test_fit_recovers_a_known_steps_model() -> None:
 def test_steps_grow_with_n_fall_with_d_over_n_and_stay_within_max_steps() -> None:
     """As measured on the paper's settings (the shipped default's fit)."""
     model = default_model()
-    small, large = (steps_range(_cell(n=n, d=2 * n, gamma=0.02, max_steps=BIG), model) for n in (50, 200))
+    small, large = (steps_range(_cell(n=n, d=2 * n, gamma=0.02, max_steps=BIG), model)
+                    for n in (50, 200))
     assert large[0] > small[0] and large[1] > small[1]
-    narrow, wide = (steps_range(_cell(n=100, d=r * 100, gamma=0.05, max_steps=BIG), model) for r in (1, 10))
+    narrow, wide = (steps_range(_cell(n=100, d=r * 100, gamma=0.05, max_steps=BIG), model)
+                    for r in (1, 10))
     assert wide[1] < narrow[1]
     assert steps_range(_cell(n=100, d=200, max_steps=3), model) == (3, 3)
 
