@@ -2,32 +2,36 @@
 
 Two fitted parts, both refitted from what workers record (`cell_record`, one per finished cell):
 
-**Steps per run.** A log-linear model, fitted by least squares on every recorded run:
+**Steps per run.** A log-linear model of a cell's mean steps per run, fitted by least squares
+on every recorded cell:
 
     log steps = b0 + b1 log n + b2 log(gamma n + GAMMA_N_EPS) + b3 log(d / n) + b4 [zero_loss]
-                + [gamma = 0] (b5 + b6 log(d / n))
+                + [gamma = 0] (b5 + b6 log(d / n)) + b7 log(d / n)^2
                 - log(lr width n)          (a fixed offset: 0 at the default step size)
 
 Without signal (gamma = 0) a run is another regime: with d >= 3n it interpolates its random
-labels in a few steps, so that case has its own intercept and d/n slope (measured: residual
-spread 0.85 with them, 1.3 without). With 10 % label noise, steps *grow* with gamma n here:
-the signal fits the clean points at once and then fights the flipped ones.
+labels in a few steps, so that case has its own intercept and d/n slope. With 10 % label noise,
+steps *grow* with gamma n here: the signal fits the clean points at once and then fights the
+flipped ones. Cell means, not single runs, are fitted: single runs of one cell spread over two
+orders of magnitude (1 to 300 steps), and a job costs the sum, which the means predict (on
+`bench/fit_estimate.py`'s data: residual spread 0.42 in log, against 0.95 for single runs).
 
-A run's range is the fit's value times exp(+-Z_SPREAD s), s the residuals' standard deviation,
-capped at [1, max_steps]. A job's total is the sum of its runs' lognormal means,
-exp(fit + s^2 / 2); the residuals of many runs partly cancel, so its range is the total times
-exp(+-Z_SPREAD s_job), s_job the log-spread of a sum of independent runs (at least MIN_SPREAD).
+A run's range is the cell's fitted mean times exp(+-Z_SPREAD s), s the residuals' standard
+deviation, capped at [1, max_steps]. A job's total is the sum of its cells' lognormal means,
+seeds x exp(fit + s^2 / 2); the cells' residuals partly cancel, so its range is the total
+times exp(+-Z_SPREAD s_job), s_job the log-spread of a sum of independent cells (at least
+MIN_SPREAD).
 
 **Seconds.** The work of a run is that of `bo_engine.cost` (the one cost model admission control
 uses): `steps` GD steps of `cost.step_work` units plus the rest of `cost.run_cost` (data,
 products, result, baseline). Units become seconds through two throughputs (units/s) fitted
-per device kind from recorded batches, one for the fixed work and one for the steps: the cost
-model's weights are upper estimates, and on this machine its fixed work runs about 4x slower
-per unit than its steps (which count every point active; 10-17 % are). A CPU worker trains a
-batch's runs `threads` at a time, so a batch takes the sum of its runs / min(threads, runs),
-plus `cost.BATCH_UNITS`; a GPU trains them as one program (threads = 1). Batches of a job run
-one after the other (one worker).
-The seconds are those of each run at its mean steps; their range adds the throughput's spread
+per device kind from recorded batches, one for the fixed work and one for the steps, plus a
+cost per step apart from its units: the cost model's weights are upper estimates, and on this
+machine its fixed work runs several times slower per unit than its steps (which count every
+point active; 10-17 % are), while small runs pay a per-step overhead the units miss. A CPU
+worker trains a batch's runs `threads` at a time, so a batch takes the sum of its runs /
+min(threads, runs), plus `cost.BATCH_UNITS`; a GPU trains them as one program (threads = 1).
+Batches of a job run one after the other (one worker). The seconds are those of each run at its mean steps; their range adds the throughput's spread
 s_rate to the steps' (exp(+-Z_SPREAD sqrt(s_job^2 + s_rate^2))).
 
 Pure: no I/O beyond reading the shipped default (`estimate_default.json`, written by
@@ -53,7 +57,7 @@ from bo_engine.spec import Cell, JobSpec
 GAMMA_N_EPS = 0.5  # keeps log(gamma n) finite at gamma = 0 (no signal)
 Z_SPREAD = 2.0  # half-width of a range, in residual standard deviations (about 95 %)
 MIN_SPREAD = 0.1  # a fit on few points claims no less spread than this (log units)
-MIN_RUNS_TO_FIT = 20  # recorded runs before the steps model is refitted from history
+MIN_CELLS_TO_FIT = 20  # recorded cells before the steps model is refitted from history
 SAME_BATCH_S = 0.5  # cells whose batches started this close (same job) share a batch
 DEFAULT_FILE = Path(__file__).with_name("estimate_default.json")
 DEVICES = ("cpu", "gpu")
@@ -62,14 +66,20 @@ DEVICES = ("cpu", "gpu")
 @dataclass(frozen=True)
 class Throughput:
     """Work units per second on one device kind, for a run's fixed work (data, products,
-    result, baseline) and for its GD steps apart, and the log-spread of batches around it."""
+    result, baseline) and for its GD steps apart, the seconds each step costs besides its
+    units (a call into the loop, the stop test), and the log-spread of batches around it."""
 
     fixed_units_per_s: float
     step_units_per_s: float
+    seconds_per_step: float
     spread: float
 
-    def seconds(self, fixed: float, steps: float) -> float:
-        return fixed / self.fixed_units_per_s + steps / self.step_units_per_s
+    def seconds(self, fixed: float, step_units: float, steps: float) -> float:
+        return (
+            fixed / self.fixed_units_per_s
+            + step_units / self.step_units_per_s
+            + steps * self.seconds_per_step
+        )
 
 
 @dataclass(frozen=True)
@@ -80,7 +90,7 @@ class EstimateModel:
     spread: float
     throughput: dict[str, Throughput]
     cpus: int  # cores of the workers the throughput was measured on
-    runs: int = 0  # runs the steps model was fitted on
+    cells: int = 0  # cells the steps model was fitted on
     batches: dict[str, int] = field(default_factory=dict)  # batches per device kind
 
     def to_json(self) -> str:
@@ -134,6 +144,7 @@ def features(cell: Cell) -> list[float]:
         1.0 if cell.stop == "zero_loss" else 0.0,
         1.0 if cell.gamma == 0 else 0.0,
         math.log(cell.d / cell.n) if cell.gamma == 0 else 0.0,
+        math.log(cell.d / cell.n) ** 2,
     ]
 
 
@@ -142,8 +153,9 @@ def _offset(cell: Cell) -> float:
     return -math.log(cell.lr * cell.width * cell.n)
 
 
-def fit_steps(cells_steps: Iterable[tuple[Cell, int]]) -> tuple[tuple[float, ...], float, int]:
-    """Least squares of log steps on `features`; the coefficients, residual sd and run count."""
+def fit_steps(cells_steps: Iterable[tuple[Cell, float]]) -> tuple[tuple[float, ...], float, int]:
+    """Least squares of log mean steps on `features`; the coefficients, residual sd and the
+    number of cells."""
     pairs = list(cells_steps)
     x = np.array([features(c) for c, _ in pairs])
     y = np.array([math.log(max(s, 1)) - _offset(c) for c, s in pairs])
@@ -158,24 +170,25 @@ def _log_steps(cell: Cell, model: EstimateModel) -> float:
     return float(np.dot(model.coef, features(cell))) + _offset(cell)
 
 
-def _capped(steps: float, cell: Cell) -> float:
-    return min(max(steps, 1.0), cell.max_steps)
+def _capped(log_steps: float, cell: Cell) -> float:
+    """exp(log_steps) within [1, max_steps] (capped in log: far-out cells do not overflow)."""
+    return math.exp(min(max(log_steps, 0.0), math.log(cell.max_steps)))
 
 
 def steps_range(cell: Cell, model: EstimateModel) -> tuple[float, float]:
-    """GD steps of one run of `cell`: [lo, hi], within [1, max_steps]."""
+    """GD steps of the cell's average run: [lo, hi], within [1, max_steps]."""
     fitted = _log_steps(cell, model)
-    lo, hi = (math.exp(fitted + z * model.spread) for z in (-Z_SPREAD, Z_SPREAD))
-    return _capped(lo, cell), _capped(hi, cell)
+    lo, hi = (_capped(fitted + z * model.spread, cell) for z in (-Z_SPREAD, Z_SPREAD))
+    return lo, hi
 
 
 def steps_mean(cell: Cell, model: EstimateModel) -> float:
     """Expected GD steps of one run of `cell` (the lognormal mean), within [1, max_steps]."""
-    return _capped(math.exp(_log_steps(cell, model) + model.spread**2 / 2), cell)
+    return _capped(_log_steps(cell, model) + model.spread**2 / 2, cell)
 
 
 def sum_spread(spread: float, means: list[float]) -> float:
-    """Log-spread of a sum of independent lognormal runs with these means and log-spread."""
+    """Log-spread of a sum of independent lognormal terms with these means and log-spread."""
     total = sum(means)
     if total <= 0:
         return MIN_SPREAD
@@ -201,12 +214,15 @@ def run_parts(cell: Cell, spec: JobSpec, device: str) -> tuple[float, float]:
     return full - cell.max_steps * step, step
 
 
-def batch_units(runs: list[tuple[float, float]], threads: int) -> tuple[float, float]:
-    """Fixed and step units of one batch, per thread: its runs (fixed, steps x step work)
-    train `threads` at a time (1 on a GPU: one program), plus `cost.BATCH_UNITS`."""
+Work = tuple[float, float, float]  # fixed units, step units, steps
+
+
+def batch_units(runs: list[Work], threads: int) -> Work:
+    """Fixed units, step units and steps of one batch, per thread: its runs train `threads`
+    at a time (1 on a GPU: one program), plus `cost.BATCH_UNITS`."""
     share = max(1, min(threads, len(runs)))
-    fixed = sum(f for f, _ in runs) / share + BATCH_UNITS
-    return fixed, sum(s for _, s in runs) / share
+    fixed, units, steps = (sum(column) / share for column in zip(*runs, strict=True))
+    return fixed + BATCH_UNITS, units, steps
 
 
 def threads_for(device: str, cpus: int, parallel_runs: int) -> int:
@@ -236,21 +252,22 @@ def _batches(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return groups
 
 
-def _recorded_units(batch: list[dict[str, Any]], threads: int) -> tuple[float, float]:
-    """Fixed and step units of a recorded batch (`batch_units`) at the steps its runs took."""
-    runs = []
+def _recorded_units(batch: list[dict[str, Any]], threads: int) -> Work:
+    """The work of a recorded batch (`batch_units`) at the steps its runs took."""
+    runs: list[Work] = []
     for record in batch:
         fixed, step = run_parts(Cell(**record["params"]), _spec_of(record), record["device"])
-        runs += [(fixed, s * step) for s in record["steps"]]
+        runs += [(fixed, s * step, s) for s in record["steps"]]
     return batch_units(runs, threads)
 
 
 def _fit_throughput(
     batches: list[list[dict[str, Any]]], parallel_runs: int
 ) -> tuple[dict[str, Throughput], dict[str, int]]:
-    """Per device kind: wall = fixed / r_fixed + steps / r_step over its batches, fitted by
-    non-negative least squares on relative errors; the log-spread of the batches around it."""
-    rows: dict[str, list[tuple[float, float, float]]] = {}
+    """Per device kind: wall = fixed / r_fixed + step units / r_step + steps x c over its
+    batches, fitted by non-negative least squares on relative errors; the log-spread of the
+    batches around it."""
+    rows: dict[str, list[tuple[float, float, float, float]]] = {}
     for batch in batches:
         device, wall = batch[0]["device"], max(r["seconds"] for r in batch)
         if wall > 0:
@@ -258,15 +275,17 @@ def _fit_throughput(
             rows.setdefault(device, []).append((*_recorded_units(batch, threads), wall))
     fitted = {}
     for device, data in rows.items():
-        units = np.array([(f / w, s / w) for f, s, w in data])
-        (inv_fixed, inv_step), _ = nnls(units, np.ones(len(data)))
-        if min(inv_fixed, inv_step) <= 0:  # too few batches to tell the two apart
-            inv_fixed = inv_step = float(np.sum(units) / np.sum(units**2))
-        logs = np.log(units @ (inv_fixed, inv_step))
+        work = np.array([(f / w, u / w, s / w) for f, u, s, w in data])
+        inverse, _ = nnls(work, np.ones(len(data)))
+        if min(inverse[:2]) <= 0:  # too few batches to tell the parts apart: one rate
+            units = work[:, :2]
+            rate = float(np.sum(units) / np.sum(units**2))
+            inverse = np.array([rate, rate, 0.0])
         fitted[device] = Throughput(
-            fixed_units_per_s=1 / inv_fixed,
-            step_units_per_s=1 / inv_step,
-            spread=max(float(np.std(logs)), MIN_SPREAD),
+            fixed_units_per_s=float(1 / inverse[0]),
+            step_units_per_s=float(1 / inverse[1]),
+            seconds_per_step=float(inverse[2]),
+            spread=max(float(np.std(np.log(work @ inverse))), MIN_SPREAD),
         )
     return fitted, {device: len(data) for device, data in rows.items()}
 
@@ -281,11 +300,11 @@ def fit(
     records: list[dict[str, Any]], parallel_runs: int, fallback: EstimateModel
 ) -> EstimateModel:
     """A model refitted from `records`; each part falls back to `fallback`'s where the records
-    are too few (under MIN_RUNS_TO_FIT runs, or no batch of a device kind)."""
-    pairs = [(Cell(**r["params"]), s) for r in records for s in r["steps"]]
-    coef, spread, runs = (
-        fit_steps(pairs) if len(pairs) >= MIN_RUNS_TO_FIT
-        else (fallback.coef, fallback.spread, fallback.runs)
+    are too few (under MIN_CELLS_TO_FIT cells, or no batch of a device kind)."""
+    pairs = [(Cell(**r["params"]), float(np.mean(r["steps"]))) for r in records if r["steps"]]
+    coef, spread, cells = (
+        fit_steps(pairs) if len(pairs) >= MIN_CELLS_TO_FIT
+        else (fallback.coef, fallback.spread, fallback.cells)
     )
     throughput, counts = _fit_throughput(_batches(records), parallel_runs)
     cpu_records = [r["cpus"] for r in records if r["device"] == "cpu"]
@@ -294,7 +313,7 @@ def fit(
         spread=spread,
         throughput={**fallback.throughput, **throughput},
         cpus=int(np.median(cpu_records)) if cpu_records else fallback.cpus,
-        runs=runs,
+        cells=cells,
         batches={**fallback.batches, **counts},
     )
 
@@ -332,7 +351,7 @@ def _job_seconds(
         runs = []
         for i in batch.cell_indices:
             fixed, step = run_parts(spec.cells[i], spec, device)
-            runs += [(fixed, means[i] * step)] * spec.cells[i].seeds
+            runs += [(fixed, means[i] * step, means[i])] * spec.cells[i].seeds
         seconds += rate.seconds(*batch_units(runs, threads))
     return seconds
 
@@ -350,9 +369,9 @@ def estimate(
     cached = max(0, min(runs_cached, runs))
     share = (runs - cached) / runs
     means = [steps_mean(cell, model) for cell in spec.cells]
-    per_run = [m for cell, m in zip(spec.cells, means, strict=True) for _ in range(cell.seeds)]
-    spread = sum_spread(model.spread, per_run)
-    steps = _widened(sum(per_run) * share, spread)
+    per_cell = [cell.seeds * m for cell, m in zip(spec.cells, means, strict=True)]
+    spread = sum_spread(model.spread, per_cell)
+    steps = _widened(sum(per_cell) * share, spread)
     batches = plan_batches(spec)
     seconds: dict[str, tuple[float, float] | None] = {}
     for device in DEVICES:

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
 from bo_engine.estimate import (
     EstimateModel,
-    Throughput,
     cell_record,
     default_model,
     estimate,
     features,
     fit,
+    run_parts,
     steps_range,
 )
 from bo_engine.spec import Cell, JobSpec
@@ -31,7 +32,7 @@ pytestmark = [pytest.mark.fast, pytest.mark.timeout(120)]
 with open("examples/paper_gamma.json") as _file:
     PAPER_GAMMA = json.load(_file)
 BIG = 10**8
-COEF = (2.0, 1.5, -0.5, -0.3, 1.0, 0.5, -2.0)  # a known steps model the fit must recover
+COEF = (2.0, 1.5, -0.5, -0.3, 1.0, 0.5, -2.0, 0.1)  # a known steps model the fit must recover
 
 
 def _cell(**fields: object) -> Cell:
@@ -43,27 +44,30 @@ def _record(job: str, cell: Cell, steps: list[int], seconds: float, start: float
     return cell_record(job, {"params": cell.params(), "runs": runs}, seconds, "cpu", 2, start)
 
 
-def _synthetic(seconds_per_record: float = 1.0) -> list[dict]:
-    """Records whose steps follow COEF exactly, one batch per cell."""
+def _synthetic(slowness: float = 1.0) -> list[dict]:
+    """Records whose steps follow COEF exactly, one batch per cell, each taking `slowness`
+    seconds per 1e10 units of its work (`run_parts`, on 2 threads)."""
     records = []
     for k, (n, d_over_n, gn, stop) in enumerate(
         (n, r, g, s)
         for n in (20, 40, 80)
-        for r in (1, 4)
+        for r in (1, 2, 4)
         for g in (0, 2, 8)
         for s in ("zero_train_error", "zero_loss")
     ):
         cell = _cell(n=n, d=n * d_over_n, gamma=gn / n, stop=stop, max_steps=10**9)
         steps = round(math.exp(sum(c * f for c, f in zip(COEF, features(cell), strict=True))))
-        records.append(_record(f"j{k}", cell, [steps, steps], seconds_per_record, 1000.0 + k))
+        fixed, step = run_parts(cell, JobSpec.model_validate(TINY), "cpu")
+        seconds = slowness * (fixed + steps * step) / 1e10
+        records.append(_record(f"j{k}", cell, [steps, steps], seconds, 1000.0 + k))
     return records
 
 
 def test_fit_recovers_a_known_steps_model() -> None:
     model = fit(_synthetic(), parallel_runs=8, fallback=default_model())
     assert model.coef == pytest.approx(COEF, abs=0.01)
-    assert model.runs == 72
-    assert "cpu" in model.throughput and model.batches["cpu"] == 36
+    assert model.cells == 54
+    assert "cpu" in model.throughput and model.batches["cpu"] == 54
 
 
 def test_steps_grow_with_n_fall_with_d_over_n_and_stay_within_max_steps() -> None:
@@ -84,7 +88,7 @@ def test_slower_measured_throughput_means_more_seconds() -> None:
     slow = EstimateModel(
         coef=base.coef,
         spread=base.spread,
-        throughput={"cpu": Throughput(base.throughput["cpu"].units_per_s / 10, 0.1)},
+        throughput={"cpu": replace(base.throughput["cpu"], step_units_per_s=1e8)},
         cpus=base.cpus,
     )
     fast_s = estimate(spec, base, parallel_runs=8).seconds["cpu"]
@@ -112,11 +116,12 @@ def test_workers_history_is_read_back_and_refits_the_model(redis_server: RedisSe
     assert entry["device"] == "cpu" and entry["seconds"] == 0.25
 
     # A history ten times slower than the default makes the refitted estimate slower.
-    base_rate = fit(_synthetic(), 8, default_model()).throughput["cpu"].units_per_s
-    for record in _synthetic(seconds_per_record=10.0):
+    base = fit(_synthetic(), 8, default_model()).throughput["cpu"]
+    for record in _synthetic(slowness=10.0):
         store.redis.xadd("bolab:cost:history", {"cell": json.dumps(record)})
     refitted = Estimator(Settings(redis_url=redis_url)).model(store)
-    assert refitted.throughput["cpu"].units_per_s < base_rate / 5
+    slower = refitted.throughput["cpu"]
+    assert slower.seconds(1e9, 1e9, 1e3) > 5 * base.seconds(1e9, 1e9, 1e3)
     store.redis.delete("bolab:cost:history")
 
 
