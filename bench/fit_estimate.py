@@ -1,12 +1,15 @@
-"""Fit the cost estimate's default model on this machine and write bo_engine/estimate_default.json.
+"""Fit the cost estimate's default model on this machine and write it into bo_engine/.
 
 Runs a set of small-to-medium specs (each --repeats times, keeping the fastest: the machine is
-shared) through the worker's engine path (`plan_batches`, then
-`runner.batch_cells` per batch), records every finished cell as a worker does
-(`bo_engine.estimate.cell_record`), fits the steps model and the CPU throughput
-(`bo_engine.estimate.fit`) and writes the result. No GPU data: the default has no "gpu" entry.
+shared) through the worker's engine path (`plan_batches`, then `runner.batch_cells` per batch),
+records every finished cell as a worker does (`bo_engine.estimate.cell_record`), fits the steps
+model and the CPU throughput (`bo_engine.estimate.fit`) and writes the model
+(bo_engine/estimate_default.json) and the records it was fitted on
+(bo_engine/estimate_records.json: a refit from a deployment's history fits the steps on them
+too). No GPU data: the default has no "gpu" entry.
 
-    env -u OMP_NUM_THREADS .venv/bin/python -m bench.fit_estimate [--out FILE]
+    env -u OMP_NUM_THREADS .venv/bin/python -m bench.fit_estimate [--repeats 2]
+    .venv/bin/python -m bench.fit_estimate --from-records bo_engine/estimate_records.json
 
 Takes a few minutes on 2 cores; run it with the machine as quiet as you can.
 """
@@ -20,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bo_engine.estimate import DEFAULT_FILE, EstimateModel, cell_record, fit
+from bo_engine.estimate import DEFAULT_FILE, DEFAULT_RECORDS, EstimateModel, cell_record, fit
 from bo_engine.plan import plan_batches
 from bo_engine.spec import JobSpec
 from jobmodel.settings import Settings
@@ -63,7 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_FILE)
     parser.add_argument("--repeats", type=int, default=2, help="keep each spec's fastest")
-    parser.add_argument("--records", type=Path, help="also write the raw records here (JSON)")
+    parser.add_argument("--records", type=Path, default=DEFAULT_RECORDS, help="the raw records")
     parser.add_argument("--from-records", type=Path, help="fit these records; train nothing")
     args = parser.parse_args()
     if args.from_records:
@@ -79,8 +82,7 @@ def main() -> None:
         fastest = min(tries, key=lambda found: max(r["seconds"] for r in found))
         records += fastest
         print(f"spec {k}: {spec.runs_total} runs, {max(r['seconds'] for r in fastest):.1f} s")
-    if args.records:
-        args.records.write_text(json.dumps(records))
+    args.records.write_text(json.dumps(records))
     write(fit_records(records), args.out)
 
 

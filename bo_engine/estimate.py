@@ -31,11 +31,13 @@ machine its fixed work runs several times slower per unit than its steps (which 
 point active; 10-17 % are), while small runs pay a per-step overhead the units miss. A CPU
 worker trains a batch's runs `threads` at a time, so a batch takes the sum of its runs /
 min(threads, runs), plus `cost.BATCH_UNITS`; a GPU trains them as one program (threads = 1).
-Batches of a job run one after the other (one worker). The seconds are those of each run at its mean steps; their range adds the throughput's spread
-s_rate to the steps' (exp(+-Z_SPREAD sqrt(s_job^2 + s_rate^2))).
+Batches of a job run one after the other (one worker). The seconds are those of each run at
+its mean steps; their range adds the throughput's spread s_rate to the steps'
+(exp(+-Z_SPREAD sqrt(s_job^2 + s_rate^2))).
 
-Pure: no I/O beyond reading the shipped default (`estimate_default.json`, written by
-`bench/fit_estimate.py` on the project's machine).
+Pure: no I/O beyond reading the shipped default (`estimate_default.json` and the records it was
+fitted on, `estimate_records.json`, both written by `bench/fit_estimate.py` on the project's
+machine).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ MIN_SPREAD = 0.1  # a fit on few points claims no less spread than this (log uni
 MIN_CELLS_TO_FIT = 20  # recorded cells before the steps model is refitted from history
 SAME_BATCH_S = 0.5  # cells whose batches started this close (same job) share a batch
 DEFAULT_FILE = Path(__file__).with_name("estimate_default.json")
+DEFAULT_RECORDS = Path(__file__).with_name("estimate_records.json")  # what it was fitted on
 DEVICES = ("cpu", "gpu")
 
 
@@ -107,6 +110,11 @@ class EstimateModel:
 def default_model() -> EstimateModel:
     """The model fitted on this project's machine (`bench/fit_estimate.py`)."""
     return EstimateModel.from_json(DEFAULT_FILE.read_text())
+
+
+def default_records() -> list[dict[str, Any]]:
+    """The cells the default model was fitted on (`cell_record`s)."""
+    return json.loads(DEFAULT_RECORDS.read_text())
 
 
 # --- what workers record -----------------------------------------------------------------
@@ -297,11 +305,18 @@ def _spec_of(record: dict[str, Any]) -> JobSpec:
 
 
 def fit(
-    records: list[dict[str, Any]], parallel_runs: int, fallback: EstimateModel
+    records: list[dict[str, Any]],
+    parallel_runs: int,
+    fallback: EstimateModel,
+    prior: list[dict[str, Any]] | None = None,
 ) -> EstimateModel:
-    """A model refitted from `records`; each part falls back to `fallback`'s where the records
-    are too few (under MIN_CELLS_TO_FIT cells, or no batch of a device kind)."""
-    pairs = [(Cell(**r["params"]), float(np.mean(r["steps"]))) for r in records if r["steps"]]
+    """A model refitted from `records`. Steps depend on the cells, not on the machine, so their
+    model is fitted on `prior` records too (the default's: a history of only small jobs still
+    predicts large ones); the throughput on `records` alone. Each part falls back to
+    `fallback`'s where the records are too few (under MIN_CELLS_TO_FIT cells, or no batch of a
+    device kind)."""
+    cells = [*(prior or []), *records]
+    pairs = [(Cell(**r["params"]), float(np.mean(r["steps"]))) for r in cells if r["steps"]]
     coef, spread, cells = (
         fit_steps(pairs) if len(pairs) >= MIN_CELLS_TO_FIT
         else (fallback.coef, fallback.spread, fallback.cells)

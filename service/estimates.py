@@ -1,9 +1,10 @@
 """The cost estimate a dry run answers: the model, refitted from the workers' measured cells at
 most every BOLAB_ESTIMATE_REFIT_S, and the count of a job's runs already cached.
 
-Refitting reads the capped history (`jobmodel.cost_history`) and fits `bo_engine.estimate`; each
-part of the model the history is too thin for keeps the shipped default's values. When Redis
-cannot be read the last model is kept.
+Refitting reads the capped history (`jobmodel.cost_history`) and fits `bo_engine.estimate`: the
+steps model on the history and the cells the default was fitted on, the throughput on the
+history alone (a device kind with no batch in it keeps the default's). When Redis cannot be
+read the last model is kept.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from collections.abc import Callable
 
 import redis
 
-from bo_engine.estimate import EstimateModel, JobEstimate, default_model, estimate, fit
+from bo_engine.estimate import (
+    EstimateModel,
+    JobEstimate,
+    default_model,
+    default_records,
+    estimate,
+    fit,
+)
 from bo_engine.spec import JobSpec
 from jobmodel.settings import Settings
 from jobmodel.store import JobStore
@@ -38,6 +46,7 @@ class Estimator:
         self.refit_s = settings.estimate_refit_s
         self.parallel_runs = settings.max_parallel_runs
         self.default = default_model()
+        self.prior = default_records()
         self._model = self.default
         self._next_fit = 0.0
         self._lock = threading.Lock()
@@ -56,7 +65,7 @@ class Estimator:
         except redis.RedisError as exc:
             log.warning("cost history unreadable, estimate model kept: %s", exc)
             return self._model
-        return fit(records, self.parallel_runs, self.default)
+        return fit(records, self.parallel_runs, self.default, prior=self.prior)
 
     def estimate(self, spec: JobSpec, store: JobStore, cached_runs: CachedRuns) -> JobEstimate:
         return estimate(

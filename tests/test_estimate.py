@@ -13,6 +13,7 @@ from bo_engine.estimate import (
     EstimateModel,
     cell_record,
     default_model,
+    default_records,
     estimate,
     features,
     fit,
@@ -184,3 +185,12 @@ def test_dry_run_of_a_spec_too_big_to_expand_is_the_same_422(app: AppClient) -> 
     response = app.post("/v1/jobs?dry_run=true", json=spec)
     assert response.status_code == 422
     assert "seeds = 2000 is over the bound max_seeds = 1000" in json.dumps(response.json())
+
+
+def test_the_default_is_the_fit_of_its_shipped_records() -> None:
+    """A deployment's refit starts from the cells the default was fitted on: with no history
+    of its own it predicts as the default does."""
+    default = default_model()
+    refit = fit([], 8, default, prior=default_records())
+    assert refit.coef == pytest.approx(default.coef)
+    assert refit.throughput == default.throughput
