@@ -225,11 +225,14 @@ def run_parts(cell: Cell, spec: JobSpec, device: str) -> tuple[float, float]:
 Work = tuple[float, float, float]  # fixed units, step units, steps
 
 
-def batch_units(runs: list[Work], threads: int) -> Work:
-    """Fixed units, step units and steps of one batch, per thread: its runs train `threads`
-    at a time (1 on a GPU: one program), plus `cost.BATCH_UNITS`."""
-    share = max(1, min(threads, len(runs)))
-    fixed, units, steps = (sum(column) / share for column in zip(*runs, strict=True))
+def batch_units(runs: list[tuple[Work, int]], threads: int) -> Work:
+    """Fixed units, step units and steps of one batch, per thread: its runs (each work with
+    how many runs do it) train `threads` at a time (1 on a GPU: one program), plus
+    `cost.BATCH_UNITS`."""
+    share = max(1, min(threads, sum(count for _, count in runs)))
+    fixed, units, steps = (
+        sum(work[k] * count for work, count in runs) / share for k in range(3)
+    )
     return fixed + BATCH_UNITS, units, steps
 
 
@@ -262,10 +265,10 @@ def _batches(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 
 def _recorded_units(batch: list[dict[str, Any]], threads: int) -> Work:
     """The work of a recorded batch (`batch_units`) at the steps its runs took."""
-    runs: list[Work] = []
+    runs: list[tuple[Work, int]] = []
     for record in batch:
         fixed, step = run_parts(Cell(**record["params"]), _spec_of(record), record["device"])
-        runs += [(fixed, s * step, s) for s in record["steps"]]
+        runs += [((fixed, s * step, s), 1) for s in record["steps"]]
     return batch_units(runs, threads)
 
 
@@ -366,7 +369,7 @@ def _job_seconds(
         runs = []
         for i in batch.cell_indices:
             fixed, step = run_parts(spec.cells[i], spec, device)
-            runs += [(fixed, means[i] * step, means[i])] * spec.cells[i].seeds
+            runs.append(((fixed, means[i] * step, means[i]), spec.cells[i].seeds))
         seconds += rate.seconds(*batch_units(runs, threads))
     return seconds
 
