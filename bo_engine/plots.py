@@ -4,14 +4,14 @@ Figures are built as plain `matplotlib.figure.Figure` objects, never through pyp
 global figure registry holds them (a long-running API draws many) and no display is needed.
 
 The heatmap uses a log colour scale for the mean test error, like the paper's figure; curves show
-the mean test error with its standard error, one line per value of a second axis if there is one.
+the mean test error with its 95 % interval over seeds as a band (the summary's `ci95`), one line
+per value of a second axis if there is one.
 """
 
 from __future__ import annotations
 
 import io
 import itertools
-import math
 from typing import Any, Literal
 
 import numpy as np
@@ -64,10 +64,12 @@ def _key(cell: dict[str, Any], axes: tuple[str, ...]) -> tuple[Any, ...]:
     return tuple(cell["params"].get(a) for a in axes)
 
 
-def _mean_sem(cell: dict[str, Any]) -> tuple[float, float]:
+def _mean_ci(cell: dict[str, Any]) -> tuple[float, float, float]:
+    """The metric's mean and 95 % interval; a cell with no interval (one run, or a summary
+    stored before intervals) has a band of zero width at its mean."""
     stats = cell["summary"][METRIC]
-    runs = max(len(cell.get("runs", [])), 1)
-    return stats["mean"], (stats["std"] or 0.0) / math.sqrt(runs)
+    lo, hi = stats.get("ci95") or (stats["mean"], stats["mean"])
+    return stats["mean"], lo, hi
 
 
 def _value(value: Any) -> str:
@@ -85,7 +87,7 @@ def heatmap(result: dict[str, Any], x: str, y: str) -> Figure:
     ys = sorted({c["params"][y] for c in cells})
     grid = np.full((len(ys), len(xs)), np.nan)
     for cell in cells:
-        grid[ys.index(cell["params"][y]), xs.index(cell["params"][x])] = _mean_sem(cell)[0]
+        grid[ys.index(cell["params"][y]), xs.index(cell["params"][x])] = _mean_ci(cell)[0]
     fig = Figure(figsize=(1.0 + 0.55 * len(xs), 1.2 + 0.45 * len(ys)), dpi=110)
     ax = fig.subplots()
     vmax = max(float(np.nanmax(grid)), LOG_FLOOR * 10)
@@ -117,11 +119,12 @@ def curves(result: dict[str, Any], x: str, line: str | None) -> Figure:
             key=lambda c: c["params"][x],
         )
         xs = [c["params"][x] for c in members]
-        means, sems = zip(*(_mean_sem(c) for c in members), strict=True)
+        means, los, his = zip(*(_mean_ci(c) for c in members), strict=True)
         label = f"{_label(line)} = {_value(value)}" if line else None
-        ax.errorbar(xs, means, yerr=sems, marker="o", capsize=3, label=label)
+        (drawn,) = ax.plot(xs, means, marker="o", label=label)
+        ax.fill_between(xs, los, his, color=drawn.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlabel(_label(x))
-    ax.set_ylabel("mean test error")
+    ax.set_ylabel("mean test error (band: 95 % interval)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     if line:

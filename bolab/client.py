@@ -135,6 +135,15 @@ class LabClient:
             "POST", "/v1/jobs", json=dict(spec), headers=headers, params=params
         ).json()
 
+    def estimate(self, spec: Mapping[str, Any] | str | Path) -> dict[str, Any]:
+        """What a JobSpec would take, without submitting it (POST /v1/jobs?dry_run=true):
+        cells, runs, runs_cached, runs_to_train, gd_steps [lo, hi], seconds {"cpu": [lo, hi],
+        "gpu": [lo, hi] or None}, peak_batch_bytes and violations (each bound it would break)."""
+        if isinstance(spec, str | Path):
+            spec = json.loads(Path(spec).read_text())
+        params = {"dry_run": "true"}
+        return self._call("POST", "/v1/jobs", json=dict(spec), params=params).json()
+
     def status(self, job_id: str) -> Job:
         return self._call("GET", f"/v1/jobs/{job_id}").json()
 

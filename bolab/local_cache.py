@@ -11,8 +11,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from bo_engine.runcache import run_refs
+from bo_engine.spec import JobSpec
 
 
 class DirCache:
@@ -31,6 +35,11 @@ class DirCache:
             except (OSError, ValueError):
                 continue
         return found
+
+    def cached_per_cell(self, spec: JobSpec) -> dict[int, int]:
+        """Cell index -> runs of `spec` (as this CPU trains them) that the directory holds."""
+        refs = run_refs(spec, range(len(spec.cells)), "cpu")
+        return dict(Counter(r.cell_index for r in refs if self.path(r.key).is_file()))
 
     def put(self, key: str, run: dict[str, Any]) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key}.", suffix=".tmp")

@@ -70,6 +70,10 @@ def run(
             "not trained again, runs trained are added",
         ),
     ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="only show what the run would take; train nothing"),
+    ] = False,
 ) -> None:
     """Run a spec and write its result: in this process with --local, else on the lab service.
 
@@ -84,8 +88,45 @@ def run(
         raise typer.BadParameter(
             "--cache needs --local (the service has its own)", param_hint="--cache"
         )
+    if dry_run:
+        _dry_run(spec, local, cache)
+        return
     result = _run_here(spec, cache) if local else _run_on_service(spec)
     write_result(result, spec, fmt, out_file)  # type: ignore[arg-type]
+
+
+def _dry_run(spec: JobSpec, local: bool, cache_dir: Path | None) -> None:
+    """The estimate of this machine (--local: the shipped model, this machine's cores, the
+    default lab's bounds, the runs in the --cache directory) or of the service."""
+    from bolab.service_cli import show_estimate
+
+    if not local:
+        from bolab.client import default_url
+        from bolab.service_cli import talking_to
+
+        with talking_to(default_url()) as client:
+            show_estimate(client.estimate(spec.model_dump(mode="json", exclude_unset=True)))
+        return
+    show_estimate(local_estimate(spec, cache_dir))
+
+
+def local_estimate(spec: JobSpec, cache_dir: Path | None = None) -> dict[str, Any]:
+    """The dry run's answer for a run in this process: the shipped model with this machine's
+    cores (all of them train runs), the runs found in `cache_dir`, and the bounds a lab with
+    these BOLAB_ settings applies."""
+    import os
+    from dataclasses import asdict, replace
+
+    from bo_engine.estimate import default_model, estimate
+    from bolab.local_cache import DirCache
+    from jobmodel.settings import Settings
+    from service.limits import violations
+
+    cpus = len(os.sched_getaffinity(0))
+    model = replace(default_model(), cpus=cpus)
+    cached = DirCache(cache_dir).cached_per_cell(spec) if cache_dir and spec.cache else {}
+    found = asdict(estimate(spec, model, parallel_runs=cpus, cached_runs=cached))
+    return {**found, "violations": violations(spec, Settings(), cached)}
 
 
 def _run_here(spec: JobSpec, cache_dir: Path | None = None) -> dict[str, Any]:

@@ -39,6 +39,7 @@ JobArg = Annotated[str, typer.Argument(help="job id (from `bolab submit`)")]
 SUMMARY_COLUMNS = (
     ("test_error_mean", "test err"),
     ("test_error_std", "± std"),
+    ("test_error_ci95", "95 % interval"),
     ("train_error_mean", "train err"),
     ("normalized_margin_mean", "norm. margin"),
     ("steps_mean", "steps"),
@@ -53,6 +54,33 @@ def _fmt(value: Any) -> str:
     return "—" if value is None else str(value)
 
 
+def _interval(row: dict[str, Any], metric: str) -> str | None:
+    """A summary row's 95 % interval of `metric` as "[lo, hi]"; None without one."""
+    lo, hi = row.get(f"{metric}_ci95_lo"), row.get(f"{metric}_ci95_hi")
+    return None if lo is None or hi is None else f"[{_fmt(lo)}, {_fmt(hi)}]"
+
+
+def _span(pair: list[float] | None, unit: str = "") -> str:
+    return "no data yet" if pair is None else f"{pair[0]:,.3g} – {pair[1]:,.3g}{unit}"
+
+
+def estimate_table(found: dict[str, Any]) -> Table:
+    """A dry run's answer: what the job would take, and each bound it would break."""
+    table = Table(title="estimate (nothing submitted)", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("cells", str(found["cells"]))
+    table.add_row("runs (cached / to train)", f"{found['runs']} ({found['runs_cached']} / "
+                  f"{found['runs_to_train']})")
+    table.add_row("GD steps", _span(found["gd_steps"]))
+    table.add_row("wall time, CPU worker", _span(found["seconds"]["cpu"], " s"))
+    table.add_row("wall time, GPU worker", _span(found["seconds"]["gpu"], " s"))
+    table.add_row("peak memory of a batch", f"{found['peak_batch_bytes'] / 2**20:,.0f} MiB")
+    for violation in found["violations"]:
+        table.add_row("[red]over a bound[/]", violation)
+    return table
+
+
 def summary_table(job: Job) -> Table:
     """One row per finished cell: the swept axes (or n, d, gamma), then the key metrics."""
     axes = list((job.get("spec") or {}).get("grid") or {}) or ["n", "d", "gamma"]
@@ -62,10 +90,18 @@ def summary_table(job: Job) -> Table:
     for _, header in SUMMARY_COLUMNS:
         table.add_column(header, justify="right")
     for row in job.get("summary") or []:
+        row = {**row, "test_error_ci95": _interval(row, "test_error")}
         table.add_row(
             *(_fmt(row.get(a)) for a in axes), *(_fmt(row.get(k)) for k, _ in SUMMARY_COLUMNS)
         )
     return table
+
+
+def show_estimate(found: dict[str, Any]) -> None:
+    """Print a dry run's estimate; exit 1 when the job would break a bound."""
+    out.print(estimate_table(found))
+    if found["violations"]:
+        raise typer.Exit(1)
 
 
 @contextmanager
@@ -128,8 +164,13 @@ def submit(
         bool,
         typer.Option("--no-cache", help="retrain every run, even those the lab's run cache holds"),
     ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="only show what the job would take; submit nothing"),
+    ] = False,
 ) -> None:
-    """Submit a JobSpec to the lab service; prints the job id (or, with --wait, the summary)."""
+    """Submit a JobSpec to the lab service; prints the job id (or, with --wait, the summary).
+    With --dry-run, prints the service's estimate instead (exit 1 if it breaks a bound)."""
     try:
         body = json.loads(spec.read_text())
     except json.JSONDecodeError as exc:
@@ -138,6 +179,9 @@ def submit(
     if no_cache and isinstance(body, dict):
         body["cache"] = False
     with talking_to(url) as client:
+        if dry_run:
+            show_estimate(client.estimate(body))
+            return
         job_id = client.submit(body, notify_url=notify_url)["id"]
         if not wait:
             typer.echo(job_id)

@@ -29,6 +29,8 @@
     bolab:runclaim:{scope}:{key}  str   lease key of the batch training that run now (expires;
                                         stale once that lease is gone)
     bolab:job:{id}:cached         hash  batch index -> runs that batch took from the run cache
+    bolab:cost:history            stream  one entry per trained cell: its parameters, steps and
+                                        seconds (capped; the cost estimate is fitted on it)
 
 Per-batch hashes keep progress idempotent: a re-delivered batch overwrites its own fields
 instead of adding to a counter twice. Celery's broker keys (`celery`, `_kombu.*`, `unacked*`)
@@ -101,6 +103,7 @@ def events(job_id: str) -> str:
 METRIC_COUNTERS = f"{PREFIX}:metrics:counters"
 WEBHOOKS_DUE = f"{PREFIX}:webhooks:due"
 WEBHOOK_ATTEMPTS = f"{PREFIX}:webhooks:attempts"
+COST_HISTORY = f"{PREFIX}:cost:history"
 
 
 def metric_histogram(name: str) -> str:

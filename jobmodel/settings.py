@@ -133,6 +133,14 @@ class Settings(BaseSettings):
         "(keeps the event loop and the shared thread pool free for every other request)",
     )
 
+    # --- the cost estimate of a dry run (see service.estimates, bo_engine.estimate) --------
+    estimate_refit_s: float = Field(
+        300.0,
+        ge=0,
+        description="the API refits the cost estimate from the workers' measured cells at most "
+        "this often (seconds); until it has enough of them it uses the shipped default",
+    )
+
     # --- job lifecycle: deletion and retention (see jobmodel.store.JobStore.delete) ----------
     retention_days: float = Field(
         0.0,

@@ -20,8 +20,10 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from jobmodel import counters, events, keys, logs, queue, runcache
+from bo_engine.spec import JobSpec
+from jobmodel import cost_history, counters, events, keys, logs, queue, runcache
 from jobmodel.leases import Leases
+from jobmodel.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -482,6 +484,10 @@ class JobStore:
         """Of the batch's runs, how many it took from the run cache (idempotent per batch)."""
         self.redis.hset(keys.cached(job_id), str(batch), runs_cached)
 
+    def cached_per_cell(self, spec: JobSpec, owner: str, settings: Settings) -> dict[int, int]:
+        """Cell index -> runs of `spec` that a job of `owner` would take from the run cache."""
+        return runcache.cached_per_cell(self.redis, spec, owner, settings)
+
     def owners(self, job_ids: list[str]) -> dict[str, str | None]:
         """job id -> its owner, None for a job that is gone."""
         pipe = self.redis.pipeline(transaction=False)
@@ -585,10 +591,11 @@ class JobStore:
         seconds: float,
         trained: list[dict[str, Any]],
     ) -> None:
-        """A cell finished: its `cell` event (summary `row`), and the runs of it this delivery
-        `trained` (not those taken from the run cache or an earlier delivery) and their GD
-        steps in the training metrics. Runs of a batch train together as one tensor program,
-        so a run's duration is the `seconds` from its batch's start until its cell finished."""
+        """A cell finished: its `cell` event (summary `row`), the runs of it this delivery
+        `trained` (not those taken from the run cache or an earlier delivery) with their GD steps
+        in the training metrics, and their measured cost in the history the estimate learns
+        from. Runs of a batch train together as one tensor program, so a run's duration is the
+        `seconds` from its batch's start until its cell finished."""
         runs = trained
         steps = sum(int(run.get("steps", 0)) for run in runs)
         pipe = self.redis.pipeline(transaction=False)
@@ -597,7 +604,12 @@ class JobStore:
         counters.inc(pipe, "gd_steps_total", {"queue": queue}, steps)
         if runs:
             counters.observe(pipe, "run_duration_seconds", {"queue": queue}, seconds, len(runs))
+            cost_history.record(pipe, job_id, queue, {"params": row, "runs": runs}, seconds)
         pipe.execute()
+
+    def cost_history(self) -> list[dict[str, Any]]:
+        """The measured cost of recently trained cells, oldest first (`jobmodel.cost_history`)."""
+        return cost_history.read(self.redis)
 
     def count(self, name: str, labels: counters.Labels, amount: float = 1) -> None:
         counters.inc(self.redis, name, labels, amount)

@@ -1,4 +1,5 @@
-"""Dependencies the routes take through `Depends`: the app's settings, job store and queue."""
+"""Dependencies the routes take through `Depends`: the app's settings, job store, queue, and
+the cost estimate's model."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from fastapi import Depends, Request
 from jobmodel.queue import JobQueue
 from jobmodel.settings import Settings
 from jobmodel.store import JobStore
+from service.estimates import Estimator
 
 
 def get_settings(request: Request) -> Settings:
@@ -23,6 +25,11 @@ def get_queue(request: Request) -> JobQueue:
     return request.app.state.queue
 
 
+def get_estimator(request: Request) -> Estimator:
+    return request.app.state.estimator
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
+EstimatorDep = Annotated[Estimator, Depends(get_estimator)]

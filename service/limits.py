@@ -7,7 +7,8 @@
   they hold for any JSON spelling of a number ("6000", 6000.0, 6e3, inside grids); then the cost
   model's estimates (`bo_engine.cost`): work, peak memory of a batch, work of one stage no cancel
   can interrupt,
-  trajectory points per run and result size. Over a bound: 422 naming the bound and the value.
+  trajectory points per run and result size. Over a bound: 422 naming every bound broken and
+  its value (a dry run lists them instead, `violations`).
 - Per key: at most `BOLAB_MAX_ACTIVE_JOBS` queued+running jobs (429, checked atomically by the
   job store when the job is created).
 """
@@ -15,10 +16,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import Request
-from pydantic import AfterValidator, BeforeValidator
+from fastapi.exceptions import RequestValidationError
+from pydantic import BeforeValidator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bo_engine.cost import JobCost, job_cost
@@ -123,7 +126,7 @@ def _number(value: Any) -> float | None:
 
 def precheck(data: Any, s: Settings) -> Any:
     """Bounds on the raw body, before the spec expands its grid: the number of grid cells, and
-    values so large that resolving a cell could overflow. `check_bounds` repeats the size bounds
+    values so large that resolving a cell could overflow. `violations` repeats the size bounds
     on the resolved cells, after pydantic's coercion, whatever the JSON spelling."""
     if not isinstance(data, dict):
         return data  # the spec's own validation says what is wrong
@@ -164,46 +167,41 @@ def _bound(field: str, s: Settings) -> tuple[str, float]:
     return setting, getattr(s, setting)
 
 
-def check_bounds(spec: JobSpec, s: Settings) -> JobSpec:
-    """The size bounds on every resolved cell (the values the engine will use), then the cost
-    model's bounds on work, memory, one step and the result (`bo_engine.cost`)."""
+def violations(
+    spec: JobSpec, s: Settings, cached_runs: Mapping[int, int] | None = None
+) -> list[str]:
+    """Every bound the resolved spec breaks, one message each: the size bounds on every cell
+    (the values the engine will use), then the cost model's bounds on work, memory, one step
+    and the result (`bo_engine.cost`). The work counts only the runs to train: `cached_runs`
+    (cell index -> runs of it the run cache holds) cost nothing."""
     values: dict[str, list[Any]] = {field: [] for field in BOUNDED}
     values["seed"] = []
     for cell in spec.cells:
         for field in BOUNDED:
             values[field].append(getattr(cell, field))
         values["seed"].append(cell.seed + cell.seeds - 1)
-    problems = _over_bounds(values, s)
-    if problems:
-        raise ValueError("; ".join(problems))
-    cost = job_cost(spec, parallel_runs=s.max_parallel_runs)
-    # Over max_cost alone, a job may still pass once its cached runs are discounted: the
-    # route charges only the runs to train (`over_work`) after looking them up.
-    problems = _over_costs(cost, s)
-    if problems:
-        raise ValueError("; ".join(_work_problem(cost, s) + problems))
-    return spec
-
-
-def over_work(spec: JobSpec, s: Settings, cached_runs: dict[int, int] | None = None) -> list[str]:
-    """The max_cost bound on the work of the runs to train (`cached_runs`: cell index -> runs
-    the run cache holds, which cost nothing)."""
     cost = job_cost(spec, parallel_runs=s.max_parallel_runs, cached_runs=cached_runs)
-    return _work_problem(cost, s)
+    return _over_bounds(values, s) + _over_costs(cost, s)
 
 
-def _work_problem(cost: JobCost, s: Settings) -> list[str]:
-    if cost.work <= s.max_cost:
-        return []
-    return [
-        f"estimated work {cost.work:.3g} units is over the bound max_cost = {s.max_cost:.3g}; "
-        "lower max_steps, seeds or the grid"
-    ]
+def over_max_cost(spec: JobSpec, s: Settings) -> bool:
+    """Whether the work of all the job's runs is over max_cost: only then can the runs the
+    cache holds change the verdict, so only then is the cache read."""
+    return job_cost(spec, parallel_runs=s.max_parallel_runs).work > s.max_cost
+
+
+def over_bounds_error(problems: list[str], body: Any) -> RequestValidationError:
+    """The 422 of a spec over bounds, as the body's validation reports it."""
+    message = "Value error, " + "; ".join(problems)
+    return RequestValidationError(
+        [{"type": "value_error", "loc": ("body",), "msg": message, "input": body}]
+    )
 
 
 def _over_costs(cost: JobCost, s: Settings) -> list[str]:
-    """Every cost bound but max_cost (which `over_work` checks on the runs to train)."""
     checks = [
+        (cost.work, s.max_cost, "estimated work", "max_cost", "units", "lower max_steps, seeds "
+         "or the grid"),
         (cost.peak_batch_bytes, s.max_batch_bytes, "estimated peak memory of one batch",
          "max_batch_bytes", "bytes", "lower n, d, width, n_test or seeds"),
         (cost.max_stage_work, s.max_stage_work, "estimated work of one uninterruptible stage "
@@ -225,11 +223,8 @@ def _show(value: float) -> str:
     return f"{value:.6g}" if math.isfinite(value) else "a huge number"
 
 
-def bounded_spec(settings: Settings) -> Any:
-    """The body type of POST /v1/jobs: the JobSpec schema, with these bounds around its
-    validation (one type per app, since each app has its own settings)."""
-    return Annotated[
-        JobSpec,
-        BeforeValidator(lambda data: precheck(data, settings)),
-        AfterValidator(lambda spec: check_bounds(spec, settings)),
-    ]
+def prechecked_spec(settings: Settings) -> Any:
+    """The body type of POST /v1/jobs: the JobSpec schema after `precheck` (a grid too big to
+    expand is refused before it is). The route collects the resolved spec's `violations`: a
+    dry run lists them, a submit answers them as `over_bounds_error`."""
+    return Annotated[JobSpec, BeforeValidator(lambda data: precheck(data, settings))]

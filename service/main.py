@@ -17,6 +17,7 @@ from jobmodel.store import JobStore
 from service import errors, live, prometheus
 from service.auth import AUTH_RESPONSES
 from service.browser import LoopbackHostOnly, SecurityHeaders
+from service.estimates import Estimator
 from service.limits import BodyLimit
 from service.routes import docs, events, health, jobs, ui
 
@@ -55,6 +56,7 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.estimator = Estimator(settings)
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(LoopbackHostOnly, settings=settings)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
+from bo_engine.estimate import JobEstimate
 from jobmodel.events import progress_data
 from jobmodel.store import JOB_ID_PATTERN, JobRecord, JobStatus, Progress
 
@@ -198,6 +200,47 @@ class Health(BaseModel):
     status: str = Field(description="'ok' (healthz), 'ready' or 'not ready' (readyz)")
     redis: bool | None = Field(None, description="job store answered a ping")
     workers: int | None = Field(None, description="workers with a recent heartbeat")
+
+
+Range = Annotated[list[float], Field(min_length=2, max_length=2, description="[lo, hi]")]
+
+
+class EstimatedSeconds(BaseModel):
+    cpu: Range = Field(description="wall seconds on one CPU worker, [lo, hi]")
+    gpu: Range | None = Field(description="wall seconds on one GPU worker; null: no GPU data yet")
+
+
+class JobEstimateView(BaseModel):
+    """What a job would take: the answer of POST /v1/jobs?dry_run=true."""
+
+    model_config = _example(
+        {
+            "cells": 40,
+            "runs": 400,
+            "runs_cached": 0,
+            "runs_to_train": 400,
+            "gd_steps": [61000, 540000],
+            "seconds": {"cpu": [9.5, 61.0], "gpu": None},
+            "peak_batch_bytes": 712000000,
+            "violations": [],
+        }
+    )
+
+    cells: int = Field(description="grid cells")
+    runs: int = Field(description="runs in all (cells x seeds)")
+    runs_cached: int = Field(description="runs the run cache already holds")
+    runs_to_train: int = Field(description="runs that would train (runs - runs_cached)")
+    gd_steps: Range = Field(description="GD steps of the runs to train, [lo, hi]")
+    seconds: EstimatedSeconds
+    peak_batch_bytes: int = Field(description="peak memory of the largest batch (cost model)")
+    violations: list[str] = Field(
+        description="every bound the job would break, worded as the 422 of a submit; empty: "
+        "it would be accepted"
+    )
+
+
+def estimate_view(estimate: JobEstimate, violations: list[str]) -> JobEstimateView:
+    return JobEstimateView(**asdict(estimate), violations=violations)
 
 
 class ErrorBody(BaseModel):

@@ -133,3 +133,25 @@ def test_plot_sweeps_of_text_values_and_keeps_no_figures() -> None:
     labels = [t.get_text() for t in heat.axes[0].get_xticklabels()]
     assert labels == ["zero_loss", "zero_train_error"]
     assert plt.get_fignums() == []
+
+
+@pytest.mark.fast
+def test_run_local_dry_run_estimates_and_trains_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    code, text, err = bolab(
+        "run", "--local", "--dry-run", "examples/paper_gamma.json", "--out", str(out)
+    )
+    assert code == 0, err
+    assert "estimate (nothing submitted)" in text
+    assert "400 (0 / 400)" in text  # runs (cached / to train)
+    assert "wall time, CPU worker" in text and " s" in text
+    assert not out.exists()
+
+
+@pytest.mark.fast
+def test_run_local_dry_run_names_each_bound_and_exits_1(tmp_path: Path) -> None:
+    spec = tmp_path / "big.json"
+    spec.write_text(json.dumps({"n": 5000, "d": 100_000, "width": 4096}))
+    code, text, _ = bolab("run", "--local", "--dry-run", str(spec), env={"COLUMNS": "300"})
+    assert code == 1
+    assert "max_cost" in text and "max_batch_bytes" in text

@@ -168,6 +168,24 @@ def test_admission_charges_only_the_runs_to_train(redis_server: Any, trained: di
     store.close()
 
 
+def test_a_dry_run_counts_the_runs_the_cache_holds(redis_server: Any, trained: dict) -> None:
+    """The dry run reads the cache: a job whose runs are all cached has nothing to train and
+    costs nothing; one with a new cell trains that cell's runs only."""
+    store = JobStore.from_url(redis_server.url)
+    store.redis.delete("bolab:runs:lab")
+    with app_client(Settings(redis_url=redis_server.url)) as app:
+        finish_job(store, SPEC, trained, owner="")
+        again = app.post("/v1/jobs?dry_run=true", json=SPEC).json()
+        assert (again["runs_cached"], again["runs_to_train"]) == (again["runs"], 0)
+        assert again["gd_steps"] == [0, 0] and again["seconds"]["cpu"] == [0.0, 0.0]
+        wider = {**SPEC, "grid": {"n": [20, 24, 28]}}
+        more = app.post("/v1/jobs?dry_run=true", json=wider).json()
+        seeds = JobSpec.model_validate(SPEC).cells[0].seeds
+        assert (more["runs_cached"], more["runs_to_train"]) == (again["runs"], seeds)
+        assert more["seconds"]["cpu"][1] > 0
+    store.close()
+
+
 def assert_refused(app: AppClient, spec: dict) -> None:
     response = app.post("/v1/jobs", json=spec)
     assert response.status_code == 422, response.text

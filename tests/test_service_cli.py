@@ -80,3 +80,29 @@ def test_openapi_verb_prints_the_document() -> None:
     code, out, _ = bolab("openapi")
     assert code == 0
     assert out == (Path(__file__).parents[1] / "openapi" / "openapi.json").read_text()
+
+
+def test_submit_dry_run_prints_the_estimate_and_submits_nothing(
+    lab: LabClient, spec_file: Path
+) -> None:
+    url = str(lab.http.base_url).rstrip("/")
+    before = len(lab.list(limit=200)["items"])
+    code, out, err = bolab("submit", str(spec_file), "--dry-run", "--url", url)
+    assert code == 0, err
+    assert "estimate (nothing submitted)" in out and "4 (0 / 4)" in out
+    assert len(lab.list(limit=200)["items"]) == before
+    found = lab.estimate(spec_file)
+    assert found["runs"] == 4 and found["violations"] == []
+
+
+def test_summary_table_shows_the_test_error_interval() -> None:
+    from rich.console import Console
+
+    from bolab.service_cli import summary_table
+
+    row = {"n": 20, "d": 40, "gamma": 0.1, "test_error_mean": 0.2,
+           "test_error_ci95_lo": 0.125, "test_error_ci95_hi": 0.275, "runs": 3}
+    console = Console(width=300, record=True)
+    console.print(summary_table({"id": "x", "status": "succeeded", "summary": [row]}))
+    text = console.export_text()
+    assert "95 % interval" in text and "[0.125, 0.275]" in text

@@ -8,6 +8,7 @@ checkout as it found it).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -74,6 +75,13 @@ def test_submit_watch_and_screenshot(page: Page, lab: LabClient, tmp_path: Path)
     expect(page.locator("#submit-errors")).to_contain_text("width")
     page.select_option("#example", "quick_heatmap")
     page.click("#submit")
+    # The estimate first (a dry run): nothing is submitted until the confirm.
+    estimate = page.locator("#estimate")
+    expect(estimate).to_be_visible()
+    expect(estimate.locator("tr[data-what='cells'] td")).to_have_text("16")
+    expect(estimate.locator("tr[data-what='wall time, CPU worker'] td")).to_contain_text(" s")
+    assert not any("dry_run" not in url and url.endswith("/v1/jobs") for url in requested)
+    page.click("#confirm")
 
     page.wait_for_url("**/ui/#/jobs/*")
     job_id = page.url.rsplit("/", 1)[1]
@@ -92,6 +100,13 @@ def test_submit_watch_and_screenshot(page: Page, lab: LabClient, tmp_path: Path)
     job = lab.status(job_id)
     first = page.locator("#summary tbody tr").first.locator("td")
     assert first.nth(0).inner_text() == str(job["summary"][0]["n"])
+    # The test error's 95 % interval, as the service summarises it.
+    headers = page.locator("#summary thead th").all_inner_texts()
+    interval = first.nth(headers.index("95 % interval")).inner_text()
+    lo, hi = (float(v) for v in interval.strip("[]").split(", "))
+    row = job["summary"][0]
+    assert lo == pytest.approx(row["test_error_ci95_lo"], rel=1e-2, abs=1e-3)
+    assert hi == pytest.approx(row["test_error_ci95_hi"], rel=1e-2, abs=1e-3)
     # Everything from the API (blob: URLs are the plot images the page fetched with its key).
     assert all(url.startswith((base, "blob:")) for url in requested), requested
 
@@ -149,3 +164,21 @@ def test_docs_render_from_the_api_alone(page: Page, lab: LabClient) -> None:
     operations = sum(len(ops) for ops in lab.http.get("/openapi.json").json()["paths"].values())
     expect(page.locator(".opblock")).to_have_count(operations, timeout=30_000)
     assert all(url.startswith((base, "data:")) for url in requested), requested
+
+
+def test_estimate_over_a_bound_cannot_be_confirmed(page: Page, lab: LabClient) -> None:
+    """The form's estimate lists each bound the spec breaks and offers no confirm; editing the
+    spec goes back to the form. Nothing is submitted meanwhile."""
+    before = len(lab.list(limit=200)["items"])
+    page.goto(f"{str(lab.http.base_url).rstrip('/')}/ui/#/submit")
+    editor = page.locator("#spec-editor")
+    editor.fill('{"n": 5000, "d": 100000, "width": 4096}')
+    page.click("#submit")
+    violations = page.locator("#estimate-violations li")
+    expect(violations.first).to_be_visible()
+    assert any("max_cost" in text for text in violations.all_inner_texts())
+    expect(page.locator("#confirm")).to_be_disabled()
+    editor.fill(json.dumps(TINY))
+    expect(page.locator("#estimate")).to_be_hidden()
+    expect(page.locator("#submit")).to_be_visible()
+    assert len(lab.list(limit=200)["items"]) == before

@@ -10,12 +10,11 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Response
-from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
 from bo_engine.plan import assemble_result
 from bo_engine.results import cells_to_csv
 from bo_engine.spec import JobSpec
-from jobmodel import runcache
 from jobmodel.queue import queue_for
 from jobmodel.settings import Settings
 from jobmodel.store import (
@@ -29,17 +28,25 @@ from jobmodel.store import (
 from service import webhook_targets
 from service.auth import AUTH_RESPONSES, Caller, CallerDep
 from service.capacity import RendersDep, render
-from service.deps import QueueDep, SettingsDep, StoreDep
+from service.deps import EstimatorDep, QueueDep, SettingsDep, StoreDep
 from service.errors import Conflict, JobNotFound, TooManyJobs, Unavailable
-from service.limits import bounded_spec, over_work, require_json
+from service.limits import (
+    over_bounds_error,
+    over_max_cost,
+    prechecked_spec,
+    require_json,
+    violations,
+)
 from service.schemas import (
     ErrorBody,
     JobAccepted,
+    JobEstimateView,
     JobId,
     JobPage,
     JobResult,
     JobView,
     Links,
+    estimate_view,
     finite,
     job_summary,
     job_view,
@@ -132,9 +139,13 @@ SUBMIT: dict[str, Any] = dict(
     "`notify_url` this deployment refuses (webhooks off, or a host not allowed). With an "
     "`Idempotency-Key` header, a retry with the same key and body answers the same job; the "
     "same key with another body answers 409. 429 with `Retry-After` when the caller already "
-    "has the most queued+running jobs allowed.",
+    "has the most queued+running jobs allowed. With `dry_run=true` nothing is stored or "
+    "queued: 200 with what the job would take (cells, runs, GD steps and wall seconds as "
+    "[lo, hi] ranges, peak memory) and every bound it would break.",
     dependencies=[Depends(require_json)],
     responses={
+        200: {"model": JobEstimateView, "description": "dry_run=true: the estimate; nothing "
+              "stored or queued"},
         202: {"description": "accepted and queued", "links": JOB_LINKS},
         400: {"model": ErrorBody, "description": "the body is not readable text (not UTF-8)"},
         409: {"model": ErrorBody, "description": "Idempotency-Key reused with another body"},
@@ -149,12 +160,12 @@ SUBMIT: dict[str, Any] = dict(
 def submit_router(settings: Settings) -> APIRouter:
     """POST /v1/jobs, its body type bounded by this app's settings (`service.limits`)."""
     submit = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTH_RESPONSES)
-    route = _with_body_type(submit_job, bounded_spec(settings))
+    route = _with_body_type(submit_job, prechecked_spec(settings))
     submit.post("", **SUBMIT)(route)
     return submit
 
 
-def _with_body_type(route: Callable[..., JobAccepted], body: Any) -> Callable[..., JobAccepted]:
+def _with_body_type(route: Callable[..., Any], body: Any) -> Callable[..., Any]:
     """`route` with its `spec` parameter declared as `body` (FastAPI reads the signature)."""
     signature = inspect.signature(route)
     params = [
@@ -162,7 +173,7 @@ def _with_body_type(route: Callable[..., JobAccepted], body: Any) -> Callable[..
         for p in signature.parameters.values()
     ]
 
-    def bound(**kwargs: Any) -> JobAccepted:
+    def bound(**kwargs: Any) -> Any:
         return route(**kwargs)
 
     bound.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
@@ -178,6 +189,7 @@ def submit_job(
     job_queue: QueueDep,
     caller: CallerDep,
     settings: SettingsDep,
+    estimator: EstimatorDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -196,10 +208,24 @@ def submit_job(
             "host or port is not on BOLAB_WEBHOOK_ALLOWED_HOSTS and BOLAB_WEBHOOK_ALLOWED_PORTS",
         ),
     ] = None,
-) -> JobAccepted:
+    dry_run: Annotated[
+        bool,
+        Query(description="true: validate and estimate only, store and queue nothing (200)"),
+    ] = False,
+) -> JobAccepted | JSONResponse:
+    problems = violations(spec, settings)
+    cached: dict[int, int] = {}
+    if dry_run or (problems and over_max_cost(spec, settings)):
+        # Admission charges only the runs to train: the cache is read when that can matter.
+        cached = store.cached_per_cell(spec, caller.owner, settings)
+        problems = violations(spec, settings, cached) if cached else problems
+    if dry_run:
+        found = estimate_view(estimator.estimate(spec, store, cached), problems)
+        return JSONResponse(found.model_dump(mode="json"))
+    if problems:
+        raise over_bounds_error(problems, spec.model_dump(mode="json", exclude_unset=True))
     if notify_url is not None:
         webhook_targets.check_url(notify_url, settings)
-    _charge_runs_to_train(spec, store, caller, settings)
     # Only the fields the user set: re-validating the stored spec gives the same cells.
     body = spec.model_dump(mode="json", exclude_unset=True)
     idem = None
@@ -239,20 +265,6 @@ def submit_job(
             store.forget_idempotency(caller.owner, idem[0])
         raise Unavailable("task broker unavailable; the job was not queued") from exc
     return _accepted(job, job.id, response)
-
-
-def _charge_runs_to_train(
-    spec: JobSpec, store: JobStore, caller: Caller, settings: Settings
-) -> None:
-    """The max_cost bound on the runs the job will train: runs the cache holds are free. The
-    cache is read only for a job that is over the bound on all of its runs."""
-    problems = over_work(spec, settings)
-    if problems:
-        cached = runcache.cached_per_cell(store.redis, spec, caller.owner, settings)
-        problems = over_work(spec, settings, cached) if cached else problems
-    if problems:
-        error = {"type": "value_error", "loc": ("body",), "msg": f"Value error, {problems[0]}"}
-        raise RequestValidationError([{**error, "input": None}])
 
 
 def _accepted(job: JobRecord | None, job_id: str, response: Response) -> JobAccepted:

@@ -1,4 +1,5 @@
-// The lab's web page: job list, job page (live from the event stream), submit form.
+// The lab's web page: job list, job page (live from the event stream), submit form (with the
+// service's cost estimate, a dry run, to confirm before the job is sent).
 // Plain JavaScript, no build step; everything it loads is served by the API itself.
 // The API key stays in sessionStorage (this tab only) and goes out as X-API-Key. Images,
 // downloads and the event stream use fetch(), because <img src>, <a href> and EventSource
@@ -8,7 +9,8 @@
 const KEY = "bolab.apiKey";
 const TERMINAL = ["succeeded", "failed", "cancelled"];
 const COLUMNS = [
-  ["test_error_mean", "test err"], ["test_error_std", "± std"], ["train_error_mean", "train err"],
+  ["test_error_mean", "test err"], ["test_error_std", "± std"],
+  ["test_error_ci95", "95 % interval"], ["train_error_mean", "train err"],
   ["normalized_margin_mean", "norm. margin"], ["steps_mean", "steps"],
   ["interpolated_fraction", "interp."], ["runs", "runs"],
 ];
@@ -53,6 +55,14 @@ function fmt(value) {
   if (value === null || value === undefined) return "—";
   if (typeof value === "number" && !Number.isInteger(value)) return Number(value.toPrecision(3)).toString();
   return String(value);
+}
+
+// A summary row's value for a column: "test_error_ci95" is the row's [lo, hi] interval.
+function column(row, key) {
+  if (!key.endsWith("_ci95")) return fmt(row[key]);
+  const lo = row[`${key}_lo`], hi = row[`${key}_hi`];
+  return lo === null || lo === undefined || hi === null || hi === undefined
+    ? "—" : `[${fmt(lo)}, ${fmt(hi)}]`;
 }
 
 function age(iso) {
@@ -207,7 +217,7 @@ async function jobPage(id) {
   function addRow(row) {
     if (tbody.querySelector(`tr[data-index="${row.index}"]`)) return;
     const tr = el("tr", { "data-index": row.index },
-      axes.map((a) => el("td", {}, fmt(row[a]))), COLUMNS.map(([k]) => el("td", {}, fmt(row[k]))));
+      axes.map((a) => el("td", {}, fmt(row[a]))), COLUMNS.map(([k]) => el("td", {}, column(row, k))));
     const after = [...tbody.children].find((r) => Number(r.dataset.index) > row.index);
     tbody.insertBefore(tr, after || null);
   }
@@ -287,36 +297,83 @@ async function submitPage() {
     placeholder: "optional: webhook URL to POST the summary to when the job ends" });
   const pick = el("select", { id: "example", onchange: () => load(pick.value) },
     names.map((n) => el("option", { value: n }, n)));
-  const load = (name) => { editor.value = JSON.stringify(examples[name] || {}, null, 2); check(); };
+  const load = (name) => {
+    editor.value = JSON.stringify(examples[name] || {}, null, 2);
+    check();
+    hideEstimate();
+  };
   const check = () => {
     try { JSON.parse(editor.value); problems.textContent = ""; return true; }
     catch (e) { problems.textContent = `Not valid JSON: ${e.message}`; return false; }
   };
   editor.addEventListener("input", check);
+  const estimate = el("div", { class: "card", id: "estimate", hidden: "" });
+  const explain = (error) => {
+    const detail = Array.isArray(error.detail)
+      ? error.detail.map((p) => `${(p.loc || []).filter((x) => x !== "body").join(".") || "spec"}: ${p.msg}`).join("\n")
+      : error.message;
+    problems.textContent = error.status === 401 ? "Enter an API key at the top right." : detail;
+  };
+  const query = (dryRun) => {
+    const params = new URLSearchParams();
+    if (dryRun) params.set("dry_run", "true");
+    else if (notify.value) params.set("notify_url", notify.value);
+    const text = params.toString();
+    return text ? `?${text}` : "";
+  };
+  const post = (dryRun) => api(`/v1/jobs${query(dryRun)}`, { method: "POST", body: editor.value,
+    headers: { "Content-Type": "application/json" } });
+  const hideEstimate = () => { estimate.hidden = true; submit.hidden = false; };
+  editor.addEventListener("input", hideEstimate);
+  // First the service's estimate (a dry run: nothing is stored), then a confirm step.
   const submit = el("button", { class: "primary", id: "submit", onclick: async () => {
     if (!check()) return;
     submit.disabled = true;
     try {
-      const query = notify.value ? `?notify_url=${encodeURIComponent(notify.value)}` : "";
-      const response = await api(`/v1/jobs${query}`, { method: "POST", body: editor.value,
-        headers: { "Content-Type": "application/json" } });
-      location.hash = `#/jobs/${(await response.json()).id}`;
-    } catch (error) {
-      const detail = Array.isArray(error.detail)
-        ? error.detail.map((p) => `${(p.loc || []).filter((x) => x !== "body").join(".") || "spec"}: ${p.msg}`).join("\n")
-        : error.message;
-      problems.textContent = error.status === 401 ? "Enter an API key at the top right." : detail;
-    }
+      showEstimate(await (await post(true)).json());
+    } catch (error) { explain(error); }
     submit.disabled = false;
-  } }, "Submit job");
+  } }, "Submit job…");
+  const confirm = el("button", { class: "primary", id: "confirm", onclick: async () => {
+    confirm.disabled = true;
+    try {
+      location.hash = `#/jobs/${(await (await post(false)).json()).id}`;
+    } catch (error) { explain(error); hideEstimate(); }
+    confirm.disabled = false;
+  } }, "Confirm: submit");
+  const back = el("button", { id: "estimate-back", onclick: hideEstimate }, "Back to editing");
+  const span = (pair, unit) => pair ? `${fmt(pair[0])} – ${fmt(pair[1])}${unit}` : "no data yet";
+  function showEstimate(found) {
+    problems.textContent = "";
+    const rows = [
+      ["cells", found.cells],
+      ["runs (cached / to train)", `${found.runs} (${found.runs_cached} / ${found.runs_to_train})`],
+      ["GD steps", span(found.gd_steps, "")],
+      ["wall time, CPU worker", span(found.seconds.cpu, " s")],
+      ["wall time, GPU worker", span(found.seconds.gpu, " s")],
+      ["peak memory of a batch", `${fmt(found.peak_batch_bytes / 2 ** 20)} MiB`],
+    ];
+    const over = found.violations.map((v) => el("li", {}, v));
+    confirm.disabled = over.length > 0;
+    estimate.replaceChildren(el("h2", {}, "Estimate (nothing submitted yet)"),
+      el("table", { id: "estimate-table" },
+        el("tbody", {}, rows.map(([k, v]) => el("tr", { "data-what": k }, el("th", {}, k), el("td", {}, fmt(v)))))),
+      over.length ? el("div", { class: "error" }, "Over the lab's bounds, so it cannot be submitted:",
+        el("ul", { id: "estimate-violations" }, over)) : null,
+      el("div", { class: "actions" }, confirm, back));
+    estimate.hidden = false;
+    submit.hidden = true;
+  }
   view.replaceChildren(el("h1", {}, "Submit a job"),
     el("div", { class: "card" },
       el("div", { class: "actions" }, el("label", {}, "Start from an example: ", pick)),
       editor,
       el("div", { class: "actions" }, notify),
       el("div", { class: "actions" }, submit, el("span", { class: "muted" },
-        "The spec is validated by the service; every bad field is named.")),
-      problems));
+        "The spec is validated by the service; every bad field is named. You see the "
+        + "service's estimate of its cost before you confirm.")),
+      problems),
+    estimate);
   if (names.length) load(names[0]);
   return () => {};
 }
