@@ -23,6 +23,8 @@
                                         "...|sum" and "...|count" (buckets not cumulative)
     bolab:webhooks:due            zset  job id -> unix time its webhook delivery is next due
     bolab:webhooks:attempts       hash  job id -> delivery attempts made so far
+    bolab:mlflow:due              zset  job id -> unix time its MLflow export is next due
+    bolab:mlflow:attempts         hash  job id -> export attempts made so far
 
 Per-batch hashes keep progress idempotent: a re-delivered batch overwrites its own fields
 instead of adding to a counter twice. Celery's broker keys (`celery`, `_kombu.*`, `unacked*`)
@@ -95,6 +97,10 @@ def events(job_id: str) -> str:
 METRIC_COUNTERS = f"{PREFIX}:metrics:counters"
 WEBHOOKS_DUE = f"{PREFIX}:webhooks:due"
 WEBHOOK_ATTEMPTS = f"{PREFIX}:webhooks:attempts"
+MLFLOW_DUE = f"{PREFIX}:mlflow:due"
+MLFLOW_ATTEMPTS = f"{PREFIX}:mlflow:attempts"
+# Every outbox's (due set, attempts hash): a deleted job leaves none of them.
+OUTBOXES = ((WEBHOOKS_DUE, WEBHOOK_ATTEMPTS), (MLFLOW_DUE, MLFLOW_ATTEMPTS))
 
 
 def metric_histogram(name: str) -> str:

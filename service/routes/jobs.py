@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import threading
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -24,7 +23,7 @@ from jobmodel.store import (
     JobStore,
     QuotaFull,
 )
-from service import webhook_targets
+from service import figures, webhook_targets
 from service.auth import AUTH_RESPONSES, Caller, CallerDep
 from service.capacity import RendersDep, render
 from service.deps import QueueDep, SettingsDep, StoreDep
@@ -74,8 +73,6 @@ JOB_LINKS = {
     "cancel": _link("post", f"{JOB}/cancel", "stop it"),
     "delete": _link("delete", JOB, "delete it, once it has ended"),
 }
-# matplotlib's state is not safe to share between the threads that serve requests.
-_plot_lock = threading.Lock()
 
 
 def _job(store: JobStore, job_id: str, caller: Caller) -> JobRecord:
@@ -340,13 +337,10 @@ def _plot_response(
     store: JobStore, job_id: str, caller: Caller, kind: str, partial: bool
 ) -> Response:
     result = _result(store, _job(store, job_id, caller), partial)
-    from bo_engine.plots import figure_png  # matplotlib: loaded on the first plot only
-
-    with _plot_lock:
-        try:
-            png = figure_png(result, kind)
-        except Exception as exc:
-            raise Conflict(f"job {job_id}'s results cannot be drawn: {exc}") from exc
+    try:
+        png = figures.png(result, kind)  # type: ignore[arg-type]
+    except Exception as exc:
+        raise Conflict(f"job {job_id}'s results cannot be drawn: {exc}") from exc
     return Response(png, media_type="image/png")
 
 
