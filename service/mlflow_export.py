@@ -21,6 +21,7 @@ only MLflow's client (`pip install 'bolab[mlflow]'`), imported on the first expo
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from service.schemas import finite
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities import Run
 
 INSTALL_HINT = "MLflow export needs MLflow's client: pip install 'bolab[mlflow]'"
 JOB_TAG, CELL_TAG, PARENT_TAG = "bolab.job_id", "bolab.cell_index", "mlflow.parentRunId"
@@ -53,6 +55,9 @@ def client_for(tracking_uri: str) -> MlflowClient:
         from mlflow import MlflowClient
     except ImportError as missing:
         raise ImportError(INSTALL_HINT) from missing
+    # MLflow prints each run's URL on stdout as it ends the run: the CLI's stdout is its answer
+    # and the API's is its log, so not here (MLflow reads this variable at each run's end).
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     return MlflowClient(tracking_uri=tracking_uri)
 
 
@@ -67,24 +72,23 @@ def export(
 ) -> Exported:
     """Log `result` as the runs of job `job_id` in `experiment`; `figure` is its PNG."""
     experiment_id = experiment_id_for(client, experiment)
-    parent = find_or_create(
-        client, experiment_id, f"tags.\"{JOB_TAG}\" = '{job_id}'", parent_tags(job_id),
-        run_name or job_id,
-    )  # fmt: skip
-    log(client, parent, parent_params(result), parent_metrics(result))
-    log_artifacts(client, parent, result, figure)
-    children = existing_children(client, experiment_id, parent)
-    cell_runs = {}
+    found = search_all(client, experiment_id, f"tags.\"{JOB_TAG}\" = '{job_id}'")
+    parent = found[0] if found else create_run(
+        client, experiment_id, parent_tags(job_id), run_name or job_id
+    )
+    log(client, parent.info.run_id, parent_params(result), parent_metrics(result))
+    log_artifacts(client, parent.info.run_id, result, figure)
+    children = existing_children(client, experiment_id, parent.info.run_id)
     for cell in result["cells"]:
         index = int(cell["index"])
         if index not in children:
-            tags = {PARENT_TAG: parent, CELL_TAG: str(index)}
+            tags = {PARENT_TAG: parent.info.run_id, CELL_TAG: str(index)}
             children[index] = create_run(client, experiment_id, tags, f"{job_id}/cell-{index}")
-        log(client, children[index], cell["params"], cell_metrics(cell["summary"]))
-        client.set_terminated(children[index], "FINISHED")
-        cell_runs[index] = children[index]
-    client.set_terminated(parent, "FINISHED")
-    return Exported(experiment_id, parent, cell_runs)
+        log(client, children[index].info.run_id, cell["params"], cell_metrics(cell["summary"]))
+        finish(client, children[index])
+    finish(client, parent)
+    cell_runs = {index: run.info.run_id for index, run in children.items()}
+    return Exported(experiment_id, parent.info.run_id, cell_runs)
 
 
 def experiment_id_for(client: MlflowClient, name: str) -> str:
@@ -111,9 +115,10 @@ def parent_tags(job_id: str) -> dict[str, str]:
     }
 
 
-def search_all(client: MlflowClient, experiment_id: str, where: str) -> list[Any]:
+def search_all(client: MlflowClient, experiment_id: str, where: str) -> list[Run]:
     """Every live run of the experiment that matches `where`, oldest first."""
-    runs, token = [], None
+    runs: list[Run] = []
+    token = None
     while True:
         page = client.search_runs(
             [experiment_id],
@@ -128,26 +133,25 @@ def search_all(client: MlflowClient, experiment_id: str, where: str) -> list[Any
             return runs
 
 
-def find_or_create(
-    client: MlflowClient, experiment_id: str, where: str, tags: dict[str, str], name: str
-) -> str:
-    found = search_all(client, experiment_id, where)
-    return found[0].info.run_id if found else create_run(client, experiment_id, tags, name)
-
-
-def create_run(client: MlflowClient, experiment_id: str, tags: dict[str, str], name: str) -> str:
+def create_run(client: MlflowClient, experiment_id: str, tags: dict[str, str], name: str) -> Run:
     """A new run whose tags are set as it is made: a run cut short is still found by them."""
-    return client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
+    return client.create_run(experiment_id, tags=tags, run_name=name)
 
 
-def existing_children(client: MlflowClient, experiment_id: str, parent: str) -> dict[int, str]:
-    """Cell index -> run id of the parent's child runs made by an earlier export."""
+def finish(client: MlflowClient, run: Run) -> None:
+    """Mark a run finished, unless an earlier export did (its end time then stays)."""
+    if run.info.status != "FINISHED":
+        client.set_terminated(run.info.run_id, "FINISHED")
+
+
+def existing_children(client: MlflowClient, experiment_id: str, parent: str) -> dict[int, Run]:
+    """Cell index -> the parent's child run of that cell made by an earlier export."""
     runs = search_all(client, experiment_id, f"tags.\"{PARENT_TAG}\" = '{parent}'")
-    children: dict[int, str] = {}
+    children: dict[int, Run] = {}
     for run in runs:
         index = run.data.tags.get(CELL_TAG)
         if index is not None and int(index) not in children:
-            children[int(index)] = run.info.run_id
+            children[int(index)] = run
     return children
 
 
