@@ -64,7 +64,7 @@ def export(
     try:
         client = mlflow_export.client_for(mlflow)
     except ImportError as missing:
-        err.print(f"[red]{missing}[/]")
+        err.print(str(missing), style="red", markup=False)
         raise typer.Exit(2) from None
     result, job_id, run_name = _source(source, url)
     done = mlflow_export.export(

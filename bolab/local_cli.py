@@ -59,7 +59,7 @@ def parquet_or_exit(cells: list[dict[str, Any]]) -> bytes:
     try:
         return runs_parquet(cells)
     except FramesMissing as missing:
-        err.print(f"[red]{missing}[/]")
+        err.print(str(missing), style="red", markup=False)
         raise typer.Exit(2) from None
 
 
