@@ -21,7 +21,8 @@ COPY service ./service
 COPY worker ./worker
 COPY openapi ./openapi
 COPY examples ./examples
-RUN pip install .
+# frames: the API answers format=parquet; mlflow: it exports to BOLAB_MLFLOW_TRACKING_URI.
+RUN pip install ".[frames,mlflow]"
 
 RUN useradd --create-home --uid 1000 bolab
 USER bolab

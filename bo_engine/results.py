@@ -1,4 +1,5 @@
-"""Result documents: per-cell summaries with 95 % intervals, flat table rows and CSV.
+"""Result documents: per-cell summaries with 95 % intervals, flat table rows (per cell and per
+run) and CSV.
 
 numpy and scipy only, no torch.
 """
@@ -123,3 +124,25 @@ def cells_to_csv(cells: list[dict[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one level, names joined by "_" (`max_margin.test_error` becomes
+    `max_margin_test_error`); lists (a run's trajectory) are left out: not one value."""
+    flat: dict[str, Any] = {}
+    for name, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{name}_"))
+        elif not isinstance(value, list):
+            flat[f"{prefix}{name}"] = value
+    return flat
+
+
+def run_rows(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One flat row per run: the cell's index and resolved params, then every scalar the run
+    reports, flattened (`seed` is the run's own seed)."""
+    return [
+        {"index": cell["index"], **cell["params"], **flatten(run)}
+        for cell in sorted(cells, key=lambda c: c["index"])
+        for run in cell["runs"]
+    ]

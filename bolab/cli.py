@@ -2,7 +2,7 @@
 
 import typer
 
-from bolab import local_cli, service_cli
+from bolab import export_cli, local_cli, service_cli
 from bolab.keys_cli import keys_app
 
 app = typer.Typer(
@@ -12,4 +12,5 @@ app = typer.Typer(
 )
 local_cli.register(app)
 service_cli.register(app)
+export_cli.register(app)
 app.add_typer(keys_app, name="keys")

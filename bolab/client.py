@@ -18,9 +18,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, NoReturn, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, NotRequired, TypedDict
 
 import httpx
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
@@ -162,6 +165,26 @@ class LabClient:
 
     def results_text(self, job_id: str, format: Literal["json", "csv"] = "json") -> str:
         return self._call("GET", f"/v1/jobs/{job_id}/results", params={"format": format}).text
+
+    def results_parquet(self, job_id: str) -> bytes:
+        """One row per run, as a Parquet file (501 where the API has no pyarrow)."""
+        params = {"format": "parquet"}
+        return self._call("GET", f"/v1/jobs/{job_id}/results", params=params).content
+
+    def frame(self, job_id: str, rows: Literal["cells", "runs"] = "cells") -> pd.DataFrame:
+        """The results as a pandas DataFrame: one row per cell (the CSV's columns) or one row
+        per run (the Parquet answer's typed columns). Needs `pip install 'bolab[frames]'`."""
+        try:
+            import pandas as pd
+        except ImportError as missing:
+            raise ImportError("LabClient.frame needs pandas: pip install 'bolab[frames]'") from (
+                missing
+            )
+        if rows == "runs":
+            return pd.read_parquet(io.BytesIO(self.results_parquet(job_id)))
+        if rows == "cells":
+            return pd.read_csv(io.StringIO(self.results_text(job_id, "csv")))
+        raise ValueError(f"rows must be 'cells' or 'runs', not {rows!r}")
 
     def plot(self, job_id: str) -> bytes:
         return self._call("GET", f"/v1/jobs/{job_id}/plot.png").content

@@ -18,3 +18,17 @@ def emit(text: str, out_file: Path | None) -> None:
     else:
         out_file.write_text(text)
         err.print(f"wrote {out_file}")
+
+
+def emit_bytes(data: bytes, out_file: Path | None) -> None:
+    """A binary document (Parquet): to `--out`, or to stdout when that is not a terminal."""
+    if out_file is not None:
+        out_file.write_bytes(data)
+        err.print(f"wrote {out_file}")
+    elif sys.stdout.isatty():
+        err.print("[red]binary output[/]: pass --out FILE or redirect stdout")
+        raise SystemExit(2)
+    else:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()

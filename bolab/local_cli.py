@@ -20,9 +20,9 @@ from rich.progress import (
 )
 
 from bo_engine.spec import JobSpec
-from bolab.console import emit, err, out
+from bolab.console import emit, emit_bytes, err, out
 
-Format = Literal["json", "csv", "table"]
+Format = Literal["json", "csv", "table", "parquet"]
 SpecArg = Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JobSpec JSON file")]
 
 
@@ -45,8 +45,22 @@ def write_result(result: dict[str, Any], spec: JobSpec, fmt: Format, out_file: P
         job = {"id": "local", "status": "succeeded", "spec": spec.model_dump()}
         out.print(summary_table({**job, "summary": summary_rows(result["cells"])}))
         return
+    if fmt == "parquet":
+        emit_bytes(parquet_or_exit(result["cells"]), out_file)
+        return
     text = cells_to_csv(result["cells"]) if fmt == "csv" else json.dumps(result, indent=2)
     emit(text, out_file)
+
+
+def parquet_or_exit(cells: list[dict[str, Any]]) -> bytes:
+    """The runs as Parquet; without pyarrow, say how to install it and exit 2."""
+    from service.parquet import FramesMissing, runs_parquet
+
+    try:
+        return runs_parquet(cells)
+    except FramesMissing as missing:
+        err.print(str(missing), style="red", markup=False)
+        raise typer.Exit(2) from None
 
 
 def run(
@@ -56,7 +70,12 @@ def run(
     ] = False,
     out_file: Annotated[Path | None, typer.Option("--out", help="write here, not stdout")] = None,
     fmt: Annotated[
-        str, typer.Option("--format", help="json (full result), csv (a row per cell) or table")
+        str,
+        typer.Option(
+            "--format",
+            help="json (full result), csv (a row per cell), table, or parquet (a row per run; "
+            "needs bolab[frames])",
+        ),
     ] = "json",
     device: Annotated[
         str | None, typer.Option(help="override the spec's device: auto, cpu or cuda")
@@ -79,8 +98,8 @@ def run(
 
     Without --local this is `bolab submit SPEC --wait` followed by `bolab results`.
     """
-    if fmt not in ("json", "csv", "table"):
-        raise typer.BadParameter("json, csv or table", param_hint="--format")
+    if fmt not in ("json", "csv", "table", "parquet"):
+        raise typer.BadParameter("json, csv, table or parquet", param_hint="--format")
     spec = load_spec(spec_file)
     if device is not None:
         spec = JobSpec.model_validate({**spec.model_dump(exclude_unset=True), "device": device})

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bolab.client import DEFAULT_URL, Job, LabClient, LabError
-from bolab.console import emit, err, out
+from bolab.console import emit, emit_bytes, err, out
 
 if TYPE_CHECKING:
     from bolab.stack import Stack
@@ -219,12 +219,19 @@ def status(
 def results(
     job_id: JobArg,
     url: UrlOpt = DEFAULT_URL,
-    format: Annotated[str, typer.Option("--format", help="json or csv")] = "json",
+    format: Annotated[
+        str, typer.Option("--format", help="json, csv (a row per cell) or parquet (a row per run)")
+    ] = "json",
     out_file: Annotated[Path | None, typer.Option("--out", help="write here, not stdout")] = None,
 ) -> None:
-    """Fetch a finished job's results: the full JSON, or one CSV row per cell."""
-    if format not in ("json", "csv"):
-        raise typer.BadParameter("json or csv", param_hint="--format")
+    """Fetch a finished job's results: the full JSON, one CSV row per cell, or one Parquet row
+    per run."""
+    if format not in ("json", "csv", "parquet"):
+        raise typer.BadParameter("json, csv or parquet", param_hint="--format")
+    if format == "parquet":
+        with talking_to(url) as client:
+            emit_bytes(client.results_parquet(job_id), out_file)
+        return
     fmt: Literal["json", "csv"] = "csv" if format == "csv" else "json"
     with talking_to(url) as client:
         text = client.results_text(job_id, fmt)

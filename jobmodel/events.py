@@ -5,7 +5,7 @@ row), `end` (the terminal status; always the last event). Entry ids are the stre
 (`1700000000000-0`): increasing, so a client that sends the last id it saw as `Last-Event-ID`
 resumes right after it without loss. `job_ended` runs once per job, from whichever process made
 the terminal transition: it writes the `end` event, the finished-job metrics and queues the
-webhook, in one pipeline.
+webhook (and the MLflow export), in one pipeline.
 """
 
 from __future__ import annotations
@@ -22,6 +22,13 @@ STATUS, PROGRESS, CELL, END = "status", "progress", "cell", "end"
 # Bounds a job's log (progress events come at most a few per second per batch); a job long
 # enough to overflow it still keeps its newest events and every record in the job store.
 MAX_EVENTS = 20_000
+# Set fields of a job record only while the record exists (a late writer must not leave a
+# record holding those fields alone behind a deleted job). ARGV: field, value, field, value, ...
+SET_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
 
 
 def encode(data: dict[str, Any]) -> str:
@@ -47,8 +54,9 @@ def progress_data(runs_done: int, runs_total: int) -> dict[str, Any]:
     }
 
 
-def job_ended(client: redis.Redis, job_id: str) -> None:
-    """The job just reached a terminal status: final event, metrics, webhook, log line."""
+def job_ended(client: redis.Redis, job_id: str, *, export_to_mlflow: bool = False) -> None:
+    """The job just reached a terminal status: final event, metrics, webhook, log line; and
+    with `export_to_mlflow`, a job that succeeded is queued for its MLflow export."""
     raw = client.hgetall(keys.job(job_id))
     if not raw:
         return
@@ -72,6 +80,9 @@ def job_ended(client: redis.Redis, job_id: str) -> None:
     counters.observe(pipe, "job_duration_seconds", {"status": status}, duration)
     if raw.get("notify_url"):
         pipe.zadd(keys.WEBHOOKS_DUE, {job_id: time.time()})
+    if export_to_mlflow and status == "succeeded":
+        pipe.zadd(keys.MLFLOW_DUE, {job_id: time.time()})
+        pipe.eval(SET_IF_EXISTS, 1, keys.job(job_id), "mlflow_export", "pending")
     pipe.execute()
     logs.event(
         "job.finished",

@@ -31,6 +31,8 @@
     bolab:job:{id}:cached         hash  batch index -> runs that batch took from the run cache
     bolab:cost:history            stream  one entry per trained cell: its parameters, steps and
                                         seconds (capped; the cost estimate is fitted on it)
+    bolab:mlflow:due              zset  job id -> unix time its MLflow export is next due
+    bolab:mlflow:attempts         hash  job id -> export attempts made so far
 
 Per-batch hashes keep progress idempotent: a re-delivered batch overwrites its own fields
 instead of adding to a counter twice. Celery's broker keys (`celery`, `_kombu.*`, `unacked*`)
@@ -104,6 +106,10 @@ METRIC_COUNTERS = f"{PREFIX}:metrics:counters"
 WEBHOOKS_DUE = f"{PREFIX}:webhooks:due"
 WEBHOOK_ATTEMPTS = f"{PREFIX}:webhooks:attempts"
 COST_HISTORY = f"{PREFIX}:cost:history"
+MLFLOW_DUE = f"{PREFIX}:mlflow:due"
+MLFLOW_ATTEMPTS = f"{PREFIX}:mlflow:attempts"
+# Every outbox's (due set, attempts hash): a deleted job leaves none of them.
+OUTBOXES = ((WEBHOOKS_DUE, WEBHOOK_ATTEMPTS), (MLFLOW_DUE, MLFLOW_ATTEMPTS))
 
 
 def metric_histogram(name: str) -> str:

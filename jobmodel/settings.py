@@ -106,6 +106,23 @@ class Settings(BaseSettings):
     webhook_per_receiver: int = Field(
         2, ge=1, description="deliveries in flight to one scheme://host:port per API process"
     )
+    # --- results in researchers' tools: MLflow export (see service.mlflow_export) ----------
+    mlflow_tracking_uri: str = Field(
+        "",
+        description="export every job that succeeds to this MLflow tracking server (any URI "
+        "MLflow takes: http(s)://host:port, file:, sqlite:); empty = off. Workers queue the "
+        "export, API processes send it: set it for both",
+    )
+    mlflow_experiment: str = Field(
+        "bolab", min_length=1, description="MLflow experiment exports go to (made if missing)"
+    )
+    mlflow_concurrency: int = Field(2, ge=1, description="exports in flight per API process")
+    mlflow_lease_s: float = Field(
+        30.0,
+        ge=1,
+        description="an export's claim, renewed while it runs: if its API process dies, "
+        "another takes the export over after at most this long",
+    )
     # --- the embedded Redis of `bolab up` (see bolab.stack.RedisServer) ---------------------
     redis_maxmemory: str = Field(
         "2gb",

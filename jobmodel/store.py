@@ -7,6 +7,7 @@ never both move a job, and a terminal status (succeeded, failed, cancelled) is n
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -100,8 +101,9 @@ return {'created', id}
 """
 
 # Atomically delete a terminal job: its record, every per-job key (KEYS[5..]), its entries in
-# the index sets (KEYS[2] and the per-status and per-owner sets built from it), its webhook
-# outbox entries (KEYS[3], KEYS[4]) and the idempotency key that still names it. Refuses an
+# the index sets (KEYS[2] and the per-status and per-owner sets built from it), its entries
+# in every outbox (KEYS[3..OUTBOX_END]: due set, attempts hash, per outbox; see
+# keys.OUTBOXES) and the idempotency key that still names it. Refuses an
 # active job ('active') and one whose plan or batch lease is live ('busy': a worker is still
 # stopping it and would write its keys again). UNLINK: Redis frees a big job's memory in a
 # background thread, so the script does not stall other clients. ARGV: id, lease key prefix,
@@ -118,30 +120,25 @@ if redis.call('EXISTS', lease .. 'plan') == 1 then return 'busy' end
 for b = 0, (tonumber(rec[3]) or 0) - 1 do
   if redis.call('EXISTS', lease .. b) == 1 then return 'busy' end
 end
-redis.call('UNLINK', KEYS[1], unpack(KEYS, 5))
+redis.call('UNLINK', KEYS[1], unpack(KEYS, OUTBOX_END + 1))
 redis.call('ZREM', KEYS[2], id)
 redis.call('ZREM', KEYS[2] .. ':owner:' .. owner, id)
 for i = 4, #ARGV do
   redis.call('ZREM', KEYS[2] .. ':' .. ARGV[i], id)
   redis.call('ZREM', KEYS[2] .. ':owner:' .. owner .. ':' .. ARGV[i], id)
 end
-redis.call('ZREM', KEYS[3], id)
-redis.call('HDEL', KEYS[4], id)
+for i = 3, OUTBOX_END, 2 do
+  redis.call('ZREM', KEYS[i], id)
+  redis.call('HDEL', KEYS[i + 1], id)
+end
 local idem = rec[4]
 if idem and idem ~= '' then
   local named = redis.call('GET', idem)
   if named and string.sub(named, -(#id + 1)) == ' ' .. id then redis.call('DEL', idem) end
 end
 return 'deleted'
-"""
+""".replace("OUTBOX_END", str(2 + 2 * len(keys.OUTBOXES)))
 
-# Set one field of a job record only while the record exists (a late writer must not leave a
-# record holding that field alone behind a deleted job).
-_ANNOTATE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 1
-"""
 
 
 class Deletion(StrEnum):
@@ -198,6 +195,9 @@ class JobRecord:
     finished_at: float | None = None
     error: str | None = None
     engine: dict[str, Any] | None = None
+    # Its MLflow export: "pending", "exported" or "failed after N: why"; the parent run's id.
+    mlflow_export: str | None = None
+    mlflow_run_id: str | None = None
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> JobRecord:
@@ -218,6 +218,8 @@ class JobRecord:
             finished_at=num("finished_at"),
             error=raw.get("error") or None,
             engine=json.loads(raw["engine"]) if raw.get("engine") else None,
+            mlflow_export=raw.get("mlflow_export") or None,
+            mlflow_run_id=raw.get("mlflow_run_id") or None,
         )
 
     @property
@@ -245,16 +247,20 @@ class LabState:
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis) -> None:
+    """`export_to_mlflow`: a job that succeeds is queued for its MLflow export (the processes
+    that end jobs get it from their settings; see `events.job_ended`)."""
+
+    def __init__(self, client: redis.Redis, *, export_to_mlflow: bool = False) -> None:
         self.redis = client
+        self.export_to_mlflow = export_to_mlflow
         self._transition = client.register_script(_TRANSITION)
         self._create = client.register_script(_CREATE)
         self._delete = client.register_script(_DELETE)
-        self._annotate = client.register_script(_ANNOTATE)
+        self._annotate = client.register_script(events.SET_IF_EXISTS)
         self.leases = Leases(client)
 
     @classmethod
-    def from_url(cls, url: str) -> JobStore:
+    def from_url(cls, url: str, *, export_to_mlflow: bool = False) -> JobStore:
         # Retries with backoff (about 2.5 s in all) ride out a Redis restart: the first call
         # after it meets a dead pooled connection and must reconnect, not fail.
         retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), 6)
@@ -265,7 +271,8 @@ class JobStore:
                 health_check_interval=30,
                 retry=retry,
                 retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-            )
+            ),
+            export_to_mlflow=export_to_mlflow,
         )
 
     def close(self) -> None:
@@ -381,7 +388,7 @@ class JobStore:
             # Once per job: only one process wins the move to a terminal status. The move
             # stands even if this bookkeeping fails; the SSE route then ends from the record.
             try:
-                events.job_ended(self.redis, job_id)
+                events.job_ended(self.redis, job_id, export_to_mlflow=self.export_to_mlflow)
             except redis.RedisError:
                 log.warning("job %s ended but its end event was not written", job_id)
         return moved
@@ -401,9 +408,10 @@ class JobStore:
             job_id, JobStatus.succeeded, ACTIVE, engine=engine, finished_at=repr(time.time())
         )
 
-    def annotate(self, job_id: str, field: str, value: str) -> bool:
-        """Set a field of an existing record; False (and nothing written) when it is gone."""
-        return bool(self._annotate(keys=[keys.job(job_id)], args=[field, value]))
+    def annotate(self, job_id: str, field: str, value: str, **more: str) -> bool:
+        """Set fields of an existing record; False (and nothing written) when it is gone."""
+        args = [field, value, *(item for pair in more.items() for item in pair)]
+        return bool(self._annotate(keys=[keys.job(job_id)], args=args))
 
     def active_ids(self) -> list[str]:
         """Every queued or running job."""
@@ -431,8 +439,7 @@ class JobStore:
         spec, owner = self.redis.hmget(keys.job(job_id), "spec", "owner")
         outcome = Deletion(
             self._delete(
-                keys=[keys.job(job_id), keys.JOBS, keys.WEBHOOKS_DUE, keys.WEBHOOK_ATTEMPTS]
-                + per_job,
+                keys=[keys.job(job_id), keys.JOBS, *itertools.chain(*keys.OUTBOXES), *per_job],
                 args=args,
             )
         )

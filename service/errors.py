@@ -74,6 +74,12 @@ class UnsupportedMediaType(ApiError):
     status_code = 415
 
 
+class NotImplementedByServer(ApiError):
+    """This deployment lacks an optional part the request needs (the detail names it)."""
+
+    status_code = 501
+
+
 def _answer(status_code: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
 

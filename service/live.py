@@ -1,6 +1,6 @@
 """What the API runs beside its routes for dashboards and people: the async reads of
 `jobmodel.live` (event streams, probes), the caps of `service.capacity`, the lab collector
-behind `/metrics`, and the webhook deliverer."""
+behind `/metrics`, the webhook deliverer and the MLflow exporter."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from fastapi import FastAPI
 
 from jobmodel.live import LiveView
 from jobmodel.settings import Settings
+from service.auto_export import Exporter
 from service.capacity import StreamSlots
+from service.outbox_drain import Drain
 from service.prometheus import LabCollector
 from service.webhooks import Deliverer
 
@@ -28,15 +30,18 @@ async def running(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
     app.state.renders = anyio.CapacityLimiter(settings.max_result_renders)
     collector = LabCollector(app.state.store, settings)
     app.state.registry.register(collector)
-    deliverer = None
+    drains: list[Drain] = []
     if settings.webhook_secret:  # no secret: no webhook can have been accepted
-        deliverer = asyncio.create_task(Deliverer(app.state.store, settings).run_forever())
+        drains.append(Deliverer(app.state.store, settings))
+    if settings.mlflow_tracking_uri:
+        drains.append(Exporter(app.state.store, settings))
+    tasks = [asyncio.create_task(drain.run_forever()) for drain in drains]
     try:
         yield
     finally:
-        if deliverer is not None:
-            deliverer.cancel()
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await deliverer
+                await task
         app.state.registry.unregister(collector)
         await app.state.live.aclose()

@@ -39,7 +39,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.store = JobStore.from_url(settings.redis_url)
+        app.state.store = JobStore.from_url(
+            settings.redis_url, export_to_mlflow=bool(settings.mlflow_tracking_uri)
+        )
         app.state.queue = JobQueue.from_settings(settings)
         async with live.running(app, settings):  # event streams, /metrics, webhooks
             yield

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
@@ -105,6 +105,27 @@ class JobSummary(BaseModel):
     links: Links
 
 
+class MlflowExport(BaseModel):
+    """The job's automatic MLflow export (BOLAB_MLFLOW_TRACKING_URI)."""
+
+    model_config = _example({"status": "exported", "run_id": "5f0c...", "detail": None})
+
+    status: Literal["pending", "exported", "failed", "dropped"] = Field(
+        description="pending: queued or being retried; exported; failed: gave up (see detail); "
+        "dropped: the job was gone or not succeeded when its turn came"
+    )
+    run_id: str | None = Field(None, description="the job's parent run in MLflow, once exported")
+    detail: str | None = Field(None, description="why it failed")
+
+    @classmethod
+    def from_record(cls, outcome: str | None, run_id: str | None) -> MlflowExport | None:
+        if outcome is None:
+            return None
+        word = outcome.split(maxsplit=1)[0].rstrip(":")
+        status = word if word in ("pending", "exported", "dropped") else "failed"
+        return cls(status=status, run_id=run_id, detail=outcome if status == "failed" else None)
+
+
 class JobView(JobSummary):
     """A job in full: its spec and the summary row of every cell finished so far."""
 
@@ -139,6 +160,9 @@ class JobView(JobSummary):
     spec: dict[str, Any] = Field(description="the JobSpec as submitted")
     summary: list[dict[str, Any]] = Field(
         description="one flat row per finished cell (params, <metric>_mean, <metric>_std, ...)"
+    )
+    mlflow: MlflowExport | None = Field(
+        None, description="its automatic MLflow export; null where the deployment has none"
     )
 
 
@@ -279,7 +303,10 @@ def job_summary(job: JobRecord, progress: Progress) -> JobSummary:
 
 def job_view(job: JobRecord, progress: Progress, summary: list[dict[str, Any]]) -> JobView:
     return JobView(
-        **job_summary(job, progress).model_dump(), spec=job.spec, summary=finite(summary)
+        **job_summary(job, progress).model_dump(),
+        spec=job.spec,
+        summary=finite(summary),
+        mlflow=MlflowExport.from_record(job.mlflow_export, job.mlflow_run_id),
     )
 
 

@@ -8,13 +8,14 @@ where a call came from.
 
 Delivery never runs in a worker. The process that ends a job (`jobmodel.events.job_ended`) only
 puts its id in the `bolab:webhooks:due` sorted set (score: when due). Every API process runs
-`Deliverer.run_forever`, which claims due ids (pushing their score a lease ahead, so a crashed
-deliverer's claim comes due again) and runs each delivery as a task of its own: at most
-`BOLAB_WEBHOOK_CONCURRENCY` in flight and `BOLAB_WEBHOOK_PER_RECEIVER` to one receiver, so a
-slow receiver holds up only its own deliveries. An attempt (resolve, connect, send, answer) has
-`BOLAB_WEBHOOK_TIMEOUT_S` in all, and at most `BOLAB_WEBHOOK_MAX_RESPONSE_BYTES` of the answer
-is read; the status decides. A failed attempt is retried with doubling backoff until
-`BOLAB_WEBHOOK_MAX_ATTEMPTS`. Redirects are not followed (they could point anywhere).
+`Deliverer.run_forever` (a `service.outbox_drain.Drain`), which claims due ids (pushing their
+score a lease ahead, so a crashed deliverer's claim comes due again) and runs each delivery as a
+task of its own: at most `BOLAB_WEBHOOK_CONCURRENCY` in flight and `BOLAB_WEBHOOK_PER_RECEIVER`
+to one receiver, so a slow receiver holds up only its own deliveries. An attempt (resolve,
+connect, send, answer) has `BOLAB_WEBHOOK_TIMEOUT_S` in all, and at most
+`BOLAB_WEBHOOK_MAX_RESPONSE_BYTES` of the answer is read; the status decides. A failed attempt
+is retried with doubling backoff until `BOLAB_WEBHOOK_MAX_ATTEMPTS`. Redirects are not followed
+(they could point anywhere).
 
 Each call carries `X-Bolab-Timestamp: <unix seconds>` and `X-Bolab-Signature-256:
 sha256=<hex>`, the HMAC-SHA256 of `<timestamp>.<raw body>` under the job owner's key (`verify`
@@ -25,26 +26,26 @@ receiver's deduplication key.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
-import logging
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-import redis
 
 from jobmodel import logs
-from jobmodel.outbox import Outbox
+from jobmodel.outbox import WEBHOOK
 from jobmodel.settings import Settings
 from jobmodel.store import JobStore
 from service import webhook_targets as targets
+from service.outbox_drain import Decision, Drain, Failed, Later, Pace, Settle
 from service.schemas import job_view
 
-log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Bolab-Signature-256"
 TIMESTAMP_HEADER = "X-Bolab-Timestamp"
 TOLERANCE_S = 300  # how far from now a receiver should accept a timestamp
@@ -101,25 +102,31 @@ async def read_at_most(response: httpx.Response, cap: int) -> int:
     return seen
 
 
-class Deliverer:
+class Deliverer(Drain):
+    channel = WEBHOOK
+
     def __init__(self, store: JobStore, settings: Settings) -> None:
-        self.store, self.settings = store, settings
-        self.outbox = Outbox(store)
-        self._flying: set[str] = set()  # job ids whose delivery runs in this process
+        pace = Pace(
+            concurrency=settings.webhook_concurrency,
+            lease_s=2 * settings.webhook_timeout_s + 5,
+            poll_s=settings.webhook_poll_s,
+            max_attempts=settings.webhook_max_attempts,
+            backoff_s=settings.webhook_backoff_s,
+        )
+        super().__init__(store, pace)
+        self.settings = settings
         self._busy: Counter[str] = Counter()  # receiver -> its deliveries in flight
+        self._http: httpx.AsyncClient | None = None
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[httpx.AsyncClient]:
         # Name lookups block a thread each: their own threads, never the event loop's.
         self._resolver = ThreadPoolExecutor(
-            settings.webhook_concurrency, thread_name_prefix="webhook-dns"
+            self.settings.webhook_concurrency, thread_name_prefix="webhook-dns"
         )
-
-    async def run_forever(self) -> None:
         try:
-            async with self._client() as http, asyncio.TaskGroup() as deliveries:
-                while True:
-                    for job_id in await self._claim_free():
-                        self._flying.add(job_id)
-                        deliveries.create_task(self._guarded(http, job_id))
-                    await asyncio.sleep(self.settings.webhook_poll_s)
+            async with self._client() as self._http:
+                yield self._http
         finally:
             self._resolver.shutdown(wait=False, cancel_futures=True)
 
@@ -136,53 +143,24 @@ class Deliverer:
             limits=limits,
         )
 
-    async def _claim_free(self) -> list[str]:
-        free = self.settings.webhook_concurrency - len(self._flying)
-        if free <= 0:
-            return []
-        try:
-            due = await asyncio.to_thread(self._due, free)
-        except redis.RedisError:
-            log.warning("webhook outbox unreachable; retrying", exc_info=True)
-            return []
-        # One whose lease ran out while it is still in flight here settles when it ends.
-        return [job_id for job_id in due if job_id not in self._flying]
-
-    def _due(self, limit: int) -> list[str]:
-        return self.outbox.claim(limit, 2 * self.settings.webhook_timeout_s + 5)
-
-    async def _guarded(self, http: httpx.AsyncClient, job_id: str) -> None:
-        try:
-            await self._deliver(http, job_id)
-        # One job's surprise must not end delivery for all: log it; its claim's lease runs
-        # out and it is tried again.
-        except Exception:
-            log.exception("webhook of job %s failed", job_id)
-        finally:
-            self._flying.discard(job_id)
-
-    async def _deliver(self, http: httpx.AsyncClient, job_id: str) -> None:
+    async def handle(self, job_id: str) -> Decision:
         url = await asyncio.to_thread(self.outbox.url, job_id)
         document = await asyncio.to_thread(payload, self.store, job_id)
         if not url or document is None:
-            await asyncio.to_thread(self._settle, job_id, "dropped")
-            return
+            return Settle("dropped")
         receiver = targets.receiver(url)
         if self._busy[receiver] >= self.settings.webhook_per_receiver:
             # Not an attempt: come back once a delivery to this receiver has had its deadline.
-            await asyncio.to_thread(self._reschedule, job_id, self.settings.webhook_timeout_s)
-            return
+            return Later(self.settings.webhook_timeout_s)
         self._busy[receiver] += 1
         try:
-            await self._attempt(http, job_id, url, *document)
+            return await self._attempt(job_id, url, *document)
         finally:
             self._busy[receiver] -= 1
             if not self._busy[receiver]:
                 del self._busy[receiver]
 
-    async def _attempt(
-        self, http: httpx.AsyncClient, job_id: str, url: str, owner: str, body: bytes
-    ) -> None:
+    async def _attempt(self, job_id: str, url: str, owner: str, body: bytes) -> Decision:
         attempt = await asyncio.to_thread(self.outbox.count_attempt, job_id)
         timestamp = int(time.time())
         headers = {
@@ -195,20 +173,14 @@ class Deliverer:
                 owner_secret(self.settings.webhook_secret, owner), timestamp, body
             ),
         }
+        assert self._http is not None, "handled inside the drain's session"
         try:
-            ok, outcome = await self._post(http, url, body, headers)
+            ok, outcome = await self._post(self._http, url, body, headers)
         except targets.Refused as refused:
             logs.event("webhook.refused", job_id=job_id, owner=owner, error=str(refused))
-            await asyncio.to_thread(self._settle, job_id, f"refused: {refused}")
-            return
+            return Settle(f"refused: {refused}")
         logs.event("webhook.attempt", job_id=job_id, attempt=attempt, outcome=outcome, ok=ok)
-        if ok:
-            await asyncio.to_thread(self._settle, job_id, "delivered")
-        elif attempt >= self.settings.webhook_max_attempts:
-            await asyncio.to_thread(self._settle, job_id, f"failed after {attempt}: {outcome}")
-        else:
-            delay = self.settings.webhook_backoff_s * 2 ** (attempt - 1)
-            await asyncio.to_thread(self._reschedule, job_id, delay)
+        return Settle("delivered") if ok else Failed(attempt, outcome)
 
     async def _post(
         self, http: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str]
@@ -240,9 +212,3 @@ class Deliverer:
                     return False, f"no answer within the deadline of {deadline:g} s"
                 return False, f"{type(exc).__name__}: {exc}"
         return status is not None and 200 <= status < 300, f"HTTP {status}"
-
-    def _reschedule(self, job_id: str, delay: float) -> None:
-        self.outbox.reschedule(job_id, delay)
-
-    def _settle(self, job_id: str, result: str) -> None:
-        self.outbox.settle(job_id, result)

@@ -160,7 +160,10 @@ def _start(sender: Any, **_: Any) -> None:
     from worker.celery_app import settings
 
     config = settings()
-    reaper = Reaper(JobStore.from_url(config.redis_url), config)
+    store = JobStore.from_url(
+        config.redis_url, export_to_mlflow=bool(config.mlflow_tracking_uri)
+    )
+    reaper = Reaper(store, config)
     threading.Thread(target=reaper.run, args=(_stop,), name="bolab-reaper", daemon=True).start()
 
 

@@ -52,7 +52,8 @@ def _warm_in_process(sender: Any, **_: Any) -> None:
 
 @lru_cache(maxsize=1)
 def store() -> JobStore:
-    return JobStore.from_url(settings().redis_url)
+    config = settings()
+    return JobStore.from_url(config.redis_url, export_to_mlflow=bool(config.mlflow_tracking_uri))
 
 
 @lru_cache(maxsize=64)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import threading
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -25,11 +24,17 @@ from jobmodel.store import (
     JobStore,
     QuotaFull,
 )
-from service import webhook_targets
+from service import figures, parquet, webhook_targets
 from service.auth import AUTH_RESPONSES, Caller, CallerDep
 from service.capacity import RendersDep, render
 from service.deps import EstimatorDep, QueueDep, SettingsDep, StoreDep
-from service.errors import Conflict, JobNotFound, TooManyJobs, Unavailable
+from service.errors import (
+    Conflict,
+    JobNotFound,
+    NotImplementedByServer,
+    TooManyJobs,
+    Unavailable,
+)
 from service.limits import (
     over_bounds_error,
     over_max_cost,
@@ -83,8 +88,6 @@ JOB_LINKS = {
     "cancel": _link("post", f"{JOB}/cancel", "stop it"),
     "delete": _link("delete", JOB, "delete it, once it has ended"),
 }
-# matplotlib's state is not safe to share between the threads that serve requests.
-_plot_lock = threading.Lock()
 
 
 def _job(store: JobStore, job_id: str, caller: Caller) -> JobRecord:
@@ -317,12 +320,21 @@ def get_job(job_id: JobId, store: StoreDep, caller: CallerDep) -> JobView:
     response_model=JobResult,
     summary="Job results",
     description="`format=json`: the full result, the same document `bolab run --local` "
-    "writes. `format=csv`: one row per cell with summary columns. 409 while the job has no "
-    "results; a cancelled job keeps the cells it finished (`engine` is then null).",
+    "writes. `format=csv`: one row per cell with summary columns. `format=parquet`: one row "
+    "per run (the cell's index and resolved params, the seed, every run metric flattened: "
+    "`max_margin.test_error` is `max_margin_test_error`), typed columns; 501 where the API "
+    "lacks pyarrow (`pip install 'bolab[frames]'`). 409 while the job has no results; a "
+    "cancelled job keeps the cells it finished (`engine` is then null).",
     responses={
-        200: {"content": {"text/csv": {"example": "index,n,d,...\n0,50,100,...\n"}}},
+        200: {
+            "content": {
+                "text/csv": {"example": "index,n,d,...\n0,50,100,...\n"},
+                parquet.MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
+            }
+        },
         **NOT_FOUND,
         **NOT_READY,
+        501: {"model": ErrorBody, "description": "format=parquet, and this API has no pyarrow"},
     },
 )
 async def get_results(
@@ -330,7 +342,9 @@ async def get_results(
     store: StoreDep,
     caller: CallerDep,
     renders: RendersDep,
-    format: Annotated[Literal["json", "csv"], Query(description="json or csv")] = "json",
+    format: Annotated[
+        Literal["json", "csv", "parquet"], Query(description="json, csv or parquet")
+    ] = "json",
 ) -> Response:
     return await render(renders, _results_response, store, job_id, caller, format)
 
@@ -339,6 +353,12 @@ def _results_response(store: JobStore, job_id: str, caller: Caller, format: str)
     result = _result(store, _job(store, job_id, caller), caller)
     if format == "csv":
         return Response(cells_to_csv(result["cells"]), media_type="text/csv")
+    if format == "parquet":
+        try:
+            table = parquet.runs_parquet(result["cells"])
+        except parquet.FramesMissing as missing:
+            raise NotImplementedByServer(str(missing)) from None
+        return Response(table, media_type=parquet.MEDIA_TYPE)
     return _result_json(result)
 
 
@@ -387,13 +407,10 @@ def _plot_response(
     store: JobStore, job_id: str, caller: Caller, kind: str, partial: bool
 ) -> Response:
     result = _result(store, _job(store, job_id, caller), caller, partial)
-    from bo_engine.plots import figure_png  # matplotlib: loaded on the first plot only
-
-    with _plot_lock:
-        try:
-            png = figure_png(result, kind)
-        except Exception as exc:
-            raise Conflict(f"job {job_id}'s results cannot be drawn: {exc}") from exc
+    try:
+        png = figures.png(result, kind)  # type: ignore[arg-type]
+    except Exception as exc:
+        raise Conflict(f"job {job_id}'s results cannot be drawn: {exc}") from exc
     return Response(png, media_type="image/png")
 
 
