@@ -42,7 +42,6 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.queue = JobQueue.from_settings(settings)
         async with live.running(app, settings):  # event streams, /metrics, webhooks
             yield
-        app.state.queue.close()
         app.state.store.close()
 
     app = FastAPI(

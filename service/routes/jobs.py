@@ -28,7 +28,7 @@ from service import webhook_targets
 from service.auth import AUTH_RESPONSES, Caller, CallerDep
 from service.capacity import RendersDep, render
 from service.deps import QueueDep, SettingsDep, StoreDep
-from service.errors import Conflict, JobNotFound, TooManyJobs, Unavailable
+from service.errors import Conflict, JobNotFound, TooManyJobs
 from service.limits import bounded_spec, require_json
 from service.schemas import (
     ErrorBody,
@@ -196,6 +196,7 @@ def submit_job(
             max_active=settings.max_active_jobs,
             idempotency=idem,
             notify_url=notify_url,
+            job_queue=job_queue,
         )
     except IdempotentReplay as replay:
         if not replay.same_body:
@@ -209,14 +210,6 @@ def submit_job(
             f"(BOLAB_MAX_ACTIVE_JOBS = {settings.max_active_jobs}); retry when some finish",
             {"Retry-After": str(RETRY_AFTER_S)},
         ) from None
-    try:
-        job_queue.send_job(job.id, job.queue)
-    except Exception as exc:
-        store.mark_failed(job.id, f"could not queue the job: {exc}")
-        if idem:
-            # A retry with the same key may try again.
-            store.forget_idempotency(caller.owner, idem[0])
-        raise Unavailable("task broker unavailable; the job was not queued") from exc
     return _accepted(job, job.id, response)
 
 
