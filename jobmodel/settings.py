@@ -132,6 +132,14 @@ class Settings(BaseSettings):
         "(keeps the event loop and the shared thread pool free for every other request)",
     )
 
+    # --- the JSON event logs of the API and the workers (see jobmodel.logs) -----------------
+    log_level: str = Field(
+        "INFO",
+        pattern=r"^(?i:debug|info|warning|error|critical)$",
+        description="lowest level of the JSON event lines written (job.submitted, batch.started, "
+        "...: INFO; failures: WARNING)",
+    )
+
     # --- job lifecycle: deletion and retention (see jobmodel.store.JobStore.delete) ----------
     retention_days: float = Field(
         0.0,

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import bo_engine
+from jobmodel import logs
 from jobmodel.queue import JobQueue
 from jobmodel.settings import Settings
 from jobmodel.store import JobStore
@@ -35,6 +36,7 @@ TAGS = [
 
 def create_app(settings: Settings) -> FastAPI:
     """The app, configured by `settings` alone: routes and middleware take them from here."""
+    logs.configure(settings.log_level)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
