@@ -275,12 +275,6 @@ class JobStore:
     def close(self) -> None:
         self.redis.close()
 
-    def ping(self) -> bool:
-        try:
-            return bool(self.redis.ping())
-        except redis.RedisError:
-            return False
-
     # --- records -------------------------------------------------------------------------
 
     def create(
@@ -519,9 +513,6 @@ class JobStore:
 
     def done_batches(self, job_id: str) -> set[int]:
         return {int(b) for b in self.redis.hkeys(keys.batches(job_id))}
-
-    def compute_seconds(self, job_id: str) -> float:
-        return sum(float(v) for v in self.redis.hvals(keys.batches(job_id)))
 
     def progress_many(self, job_ids: list[str]) -> list[Progress]:
         pipe = self.redis.pipeline(transaction=False)
