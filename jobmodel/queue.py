@@ -42,6 +42,10 @@ PRIORITY_SEP, PRIORITY_STEPS = "\x06\x16", (3, 6, 9)
 # Celery's event exchange: kombu publishes its messages on the Redis channel
 # `/{db}.celeryev/{routing key}` (its `fanout_prefix` and `fanout_patterns`, both on).
 EVENTS_EXCHANGE = "celeryev"
+SENT_PROPERTIES = {
+    "delivery_mode": 1,
+    "delivery_info": {"exchange": EVENTS_EXCHANGE, "routing_key": "task.sent"},
+}
 
 
 def queue_for(device: str) -> str:
@@ -98,33 +102,39 @@ def task_message(task: str, args: list[Any], queue: str, db: int) -> TaskMessage
     """`task(*args)` on `queue` in Celery's task protocol 2, as `Celery.send_task` writes it
     (no eta, expiry, retries, time limits, links or result) to Redis database `db`."""
     task_id, origin = str(uuid.uuid4()), anon_nodename()
-    headers = {
+    properties = {"correlation_id": task_id, "reply_to": "", "delivery_mode": 2,
+                  "delivery_info": {"exchange": "", "routing_key": queue}}  # fmt: skip
+    body = [args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    sent = _sent_event(task, task_id, args, queue, origin)
+    return TaskMessage(
+        queue=queue,
+        message=_envelope(body, _task_headers(task, task_id, args, origin), properties),
+        event_channel=f"/{db}.{EVENTS_EXCHANGE}/task.sent",
+        event=_envelope(sent, {"hostname": origin}, SENT_PROPERTIES),
+    )
+
+
+def _task_headers(task: str, task_id: str, args: list[Any], origin: str) -> dict[str, Any]:
+    return {
         "lang": "py", "task": task, "id": task_id, "shadow": None, "eta": None,
         "expires": None, "group": None, "group_index": None, "retries": 0,
         "timelimit": [None, None], "root_id": task_id, "parent_id": None,
         "argsrepr": repr(args), "kwargsrepr": "{}", "origin": origin, "ignore_result": None,
         "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
     }  # fmt: skip
-    properties = {"correlation_id": task_id, "reply_to": "", "delivery_mode": 2,
-                  "delivery_info": {"exchange": "", "routing_key": queue}}  # fmt: skip
-    body = [args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
-    sent = {
+
+
+def _sent_event(
+    task: str, task_id: str, args: list[Any], queue: str, origin: str
+) -> dict[str, Any]:
+    """The "task-sent" event Celery's sender publishes (its logical clock left at 0)."""
+    return {
         "hostname": origin, "utcoffset": utcoffset(), "pid": os.getpid(), "clock": 0,
         "uuid": task_id, "root_id": task_id, "parent_id": None, "name": task,
         "args": repr(args), "kwargs": "{}", "retries": 0, "eta": None, "expires": None,
         "queue": queue, "exchange": "", "routing_key": queue, "timestamp": time.time(),
         "type": "task-sent",
     }  # fmt: skip
-    event_properties = {
-        "delivery_mode": 1,
-        "delivery_info": {"exchange": EVENTS_EXCHANGE, "routing_key": "task.sent"},
-    }
-    return TaskMessage(
-        queue=queue,
-        message=_envelope(body, headers, properties),
-        event_channel=f"/{db}.{EVENTS_EXCHANGE}/task.sent",
-        event=_envelope(sent, {"hostname": origin}, event_properties),
-    )
 
 
 class JobQueue:
