@@ -8,12 +8,15 @@ and the bare app in one uvicorn process of its own; prints the figures, and stop
 The accept rates use `bench/load.py`'s load driver (a thread per client, each with its own
 connection); that benchmark also waits for every job of a bigger load to finish. The two apps
 take turns, `--rounds` loads each, and each shows its best round: on a shared machine the
-other load comes and goes, and the best round is the one it disturbed least.
+other load comes and goes, and the best round is the one it disturbed least. The CPU time the
+server process used per POST (from /proc: Linux) varies far less with that other load than
+the rates do; the API's excludes its Redis's.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -21,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
 
@@ -51,9 +55,33 @@ def latency(client: LabClient, jobs: int) -> tuple[list[float], list[float]]:
     return seconds, engine
 
 
+@dataclass
+class Server:
+    url: str
+    pid: int
+
+
+@dataclass
+class Measured:
+    load: Load
+    cpu_ms: float  # CPU time of the server process per POST
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process `pid` has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(server: Server, posts: int, clients: int) -> Measured:
+    before = cpu_seconds(server.pid)
+    load = submit_load(server.url, posts, clients, TINY)
+    return Measured(load, (cpu_seconds(server.pid) - before) * 1e3 / posts)
+
+
 @contextmanager
-def bare_app() -> Iterator[str]:
-    """The bare app in one uvicorn process on loopback; yields its URL."""
+def bare_app() -> Iterator[Server]:
+    """The bare app in one uvicorn process on loopback."""
     port = free_port()
     argv = [sys.executable, "-m", "uvicorn", "bare_app:app", "--app-dir", str(HERE),
             "--port", str(port), "--log-level", "warning"]  # fmt: skip
@@ -66,27 +94,30 @@ def bare_app() -> Iterator[str]:
                 break
             except httpx.TransportError:
                 time.sleep(0.05)
-        yield url
+        yield Server(url, process.pid)
     finally:
         process.terminate()
         process.wait(10)
 
 
-def rounds(bare_url: str, api_url: str, posts: int, clients: int, n: int) -> tuple[Load, Load]:
+def rounds(
+    bare: Server, api: Server, posts: int, clients: int, n: int
+) -> tuple[Measured, Measured]:
     """The best of `n` loads on each app, the two taking turns (after a warm-up each)."""
-    loads: dict[str, list[Load]] = {bare_url: [], api_url: []}
-    for url in loads:
-        submit_load(url, clients * 4, clients, TINY)
+    runs: list[list[Measured]] = [[], []]
+    for server in (bare, api):
+        submit_load(server.url, clients * 4, clients, TINY)
     for _ in range(n):
-        for url, done in loads.items():
-            done.append(submit_load(url, posts, clients, TINY))
-    best = attrgetter("rate")
-    return max(loads[bare_url], key=best), max(loads[api_url], key=best)
+        for server, done in zip((bare, api), runs, strict=True):
+            done.append(measure(server, posts, clients))
+    best = attrgetter("load.rate")
+    return max(runs[0], key=best), max(runs[1], key=best)
 
 
-def _rate(name: str, load: Load) -> str:
+def _rate(name: str, run: Measured) -> str:
+    load = run.load
     p50, p99 = load.percentile(0.5) * 1e3, load.percentile(0.99) * 1e3
-    return f"{name:<18} {load.rate:>8.0f} {p50:>9.1f} {p99:>9.1f}"
+    return f"{name:<18} {load.rate:>8.0f} {p50:>9.1f} {p99:>9.1f} {run.cpu_ms:>12.2f}"
 
 
 def main() -> None:
@@ -107,8 +138,10 @@ def main() -> None:
             seconds, engine = latency(client, args.jobs)
         # The accept rates measure the API alone: no worker takes CPU from it meanwhile.
         lab.worker.stop()
-        with bare_app() as url:
-            bare, load = rounds(url, lab.api.url, args.posts, args.clients, args.rounds)
+        assert lab.api.proc is not None
+        api = Server(lab.api.url, lab.api.proc.pid)
+        with bare_app() as bare_server:
+            bare, load = rounds(bare_server, api, args.posts, args.clients, args.rounds)
     print(f"tiny job {TINY}")
     ms = sorted(s * 1e3 for s in seconds)
     print(
@@ -120,12 +153,13 @@ def main() -> None:
         f"{args.posts} POSTs from {args.clients} clients, one API process each, best of "
         f"{args.rounds} rounds taken in turns:"
     )
-    print(f"{'':<18} {'POSTs/s':>8} {'p50 ms':>9} {'p99 ms':>9}")
+    print(f"{'':<18} {'POSTs/s':>8} {'p50 ms':>9} {'p99 ms':>9} {'CPU ms/POST':>12}")
     print(_rate("bare FastAPI", bare))
     print(_rate("POST /v1/jobs", load))
     print(
-        f"submit / bare: rate {load.rate / bare.rate:.2f}, "
-        f"p99 {load.percentile(0.99) / bare.percentile(0.99):.2f}"
+        f"submit / bare: rate {load.load.rate / bare.load.rate:.2f}, "
+        f"p99 {load.load.percentile(0.99) / bare.load.percentile(0.99):.2f}, "
+        f"CPU per POST {load.cpu_ms / bare.cpu_ms:.2f}"
     )
 
 
