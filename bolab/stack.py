@@ -217,10 +217,6 @@ class ManagedProcess:
             self._log.close()
             self._log = None
 
-    def restart(self) -> ManagedProcess:
-        self.stop()
-        return self.start()
-
 
 class RedisServer(ManagedProcess):
     """A real redis-server: AOF on, never evicts (results must not vanish under memory).

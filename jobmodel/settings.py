@@ -157,6 +157,13 @@ class Settings(BaseSettings):
         description="the API refits the cost estimate from the workers' measured cells at most "
         "this often (seconds); until it has enough of them it uses the shipped default",
     )
+    # --- the JSON event logs of the API and the workers (see jobmodel.logs) -----------------
+    log_level: str = Field(
+        "INFO",
+        pattern=r"^(?i:debug|info|warning|error|critical)$",
+        description="lowest level of the JSON event lines written (job.submitted, batch.started, "
+        "...: INFO; failures: WARNING)",
+    )
 
     # --- job lifecycle: deletion and retention (see jobmodel.store.JobStore.delete) ----------
     retention_days: float = Field(

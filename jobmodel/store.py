@@ -24,6 +24,7 @@ from redis.retry import Retry
 from bo_engine.spec import JobSpec
 from jobmodel import cost_history, counters, events, keys, logs, queue, runcache
 from jobmodel.leases import Leases
+from jobmodel.queue import JobQueue
 from jobmodel.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -69,10 +70,12 @@ return 1
 
 # Atomically create a job: replay the job an idempotency key already names (KEYS[3], "" for
 # none), else refuse when the owner has ARGV[3] (> 0) or more active jobs, else write the record,
-# its indexes and the idempotency key, count it (KEYS[4], field ARGV[6]) and write its first
-# event (stream KEYS[5], at most about ARGV[8] long; data ARGV[7]). One call, one round trip.
-# ARGV: id, owner, cap, body hash, key TTL, counter field, event data, stream bound, then the
-# record's field/values.
+# its indexes and the idempotency key, count it (KEYS[4], field ARGV[6]), write its first event
+# (stream KEYS[5], at most about ARGV[8] long; data ARGV[7]) and, with a list KEYS[6], queue its
+# first task there (message ARGV[9]) and publish the task's "sent" event (ARGV[11] on channel
+# ARGV[10]). One call, one round trip: a job is stored and queued, or neither.
+# ARGV: id, owner, cap, body hash, key TTL, counter field, event data, stream bound, task
+# message, its event channel, its event, then the record's field/values.
 _CREATE = """
 local id, owner, cap = ARGV[1], ARGV[2], tonumber(ARGV[3])
 if KEYS[3] ~= '' then
@@ -84,7 +87,7 @@ if cap > 0 then
   local active = redis.call('ZCARD', mine .. ':queued') + redis.call('ZCARD', mine .. ':running')
   if active >= cap then return {'full', tostring(active)} end
 end
-for i = 9, #ARGV, 2 do
+for i = 12, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 redis.call('ZADD', KEYS[2], 0, id)
@@ -97,6 +100,10 @@ if KEYS[3] ~= '' then
 end
 redis.call('HINCRBY', KEYS[4], ARGV[6], 1)
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[8], '*', 'event', 'status', 'data', ARGV[7])
+if KEYS[6] ~= '' then
+  redis.call('LPUSH', KEYS[6], ARGV[9])
+  redis.call('PUBLISH', ARGV[10], ARGV[11])
+end
 return {'created', id}
 """
 
@@ -278,12 +285,6 @@ class JobStore:
     def close(self) -> None:
         self.redis.close()
 
-    def ping(self) -> bool:
-        try:
-            return bool(self.redis.ping())
-        except redis.RedisError:
-            return False
-
     # --- records -------------------------------------------------------------------------
 
     def create(
@@ -297,11 +298,14 @@ class JobStore:
         max_active: int = 0,
         idempotency: tuple[str, str, int] | None = None,
         notify_url: str | None = None,
+        job_queue: JobQueue | None = None,
     ) -> JobRecord:
         """Store a new queued job. `max_active` > 0 caps the owner's queued+running jobs
         (QuotaFull); `idempotency` = (sha256 of the key, body hash, TTL s) replays an earlier
-        submission (IdempotentReplay); `notify_url` is where its webhook goes when it ends.
-        Check and write are one Lua call: concurrent submits cannot race."""
+        submission (IdempotentReplay); `notify_url` is where its webhook goes when it ends;
+        with `job_queue`, the job's first task is queued on `queue` in the same step (without,
+        nothing runs it). Check and writes are one Lua call: concurrent submits cannot race,
+        and a job is never stored without its task, nor its task queued without the job."""
         job = JobRecord(
             id=new_job_id(),
             status=JobStatus.queued,
@@ -312,28 +316,17 @@ class JobStore:
             created_at=time.time(),
             owner=owner,
         )
-        fields = {
-            "id": job.id,
-            "status": job.status.value,
-            "spec": json.dumps(spec, separators=(",", ":")),
-            "queue": queue,
-            "runs_total": runs_total,
-            "cells_total": cells_total,
-            "created_at": repr(job.created_at),
-            "owner": owner,
-        }
-        if notify_url is not None:
-            fields["notify_url"] = notify_url
         key_hash, body_hash, ttl = idempotency or ("", "", 0)
         idem_key = keys.idempotency(owner, key_hash) if idempotency else ""
-        first_event = events.encode({"status": job.status.value})
-        submitted = counters.field("jobs_submitted_total", {"queue": queue})
-        args: list[Any] = [job.id, owner, max_active, body_hash, ttl, submitted, first_event]
-        args.append(events.MAX_EVENTS)
-        for name, value in fields.items():
-            args += [name, value]
+        task = job_queue.plan_job(job.id, queue) if job_queue else None
         script_keys = [keys.job(job.id), keys.JOBS, idem_key, keys.METRIC_COUNTERS]
-        script_keys.append(keys.events(job.id))
+        script_keys += [keys.events(job.id), task.queue if task else ""]
+        args: list[Any] = [job.id, owner, max_active, body_hash, ttl]
+        args += [counters.field("jobs_submitted_total", {"queue": queue})]
+        args += [events.encode({"status": job.status.value}), events.MAX_EVENTS]
+        args += [task.message, task.event_channel, task.event] if task else ["", "", ""]
+        for name, value in _record_fields(job, notify_url).items():
+            args += [name, value]
         outcome, value = self._create(keys=script_keys, args=args)
         if outcome == "replay":
             previous_hash, _, job_id = value.partition(" ")
@@ -342,10 +335,6 @@ class JobStore:
             raise QuotaFull(int(value))
         logs.event("job.submitted", job_id=job.id, owner=owner, queue=queue, runs=runs_total)
         return job
-
-    def forget_idempotency(self, owner: str, key_hash: str) -> None:
-        """A submission that failed after its job was stored may be retried with its key."""
-        self.redis.delete(keys.idempotency(owner, key_hash))
 
     def get(self, job_id: str) -> JobRecord | None:
         raw = self.redis.hgetall(keys.job(job_id))
@@ -555,9 +544,6 @@ class JobStore:
     def done_batches(self, job_id: str) -> set[int]:
         return {int(b) for b in self.redis.hkeys(keys.batches(job_id))}
 
-    def compute_seconds(self, job_id: str) -> float:
-        return sum(float(v) for v in self.redis.hvals(keys.batches(job_id)))
-
     def progress_many(self, job_ids: list[str]) -> list[Progress]:
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
@@ -677,6 +663,23 @@ class JobStore:
         now = time.time()
         self.redis.zremrangebyscore(keys.WORKERS, "-inf", now - ttl_s)
         return list(self.redis.zrangebyscore(keys.WORKERS, now - ttl_s, "+inf"))
+
+
+def _record_fields(job: JobRecord, notify_url: str | None) -> dict[str, Any]:
+    """The hash fields of a new job's record."""
+    fields: dict[str, Any] = {
+        "id": job.id,
+        "status": job.status.value,
+        "spec": json.dumps(job.spec, separators=(",", ":")),
+        "queue": job.queue,
+        "runs_total": job.runs_total,
+        "cells_total": job.cells_total,
+        "created_at": repr(job.created_at),
+        "owner": job.owner,
+    }
+    if notify_url is not None:
+        fields["notify_url"] = notify_url
+    return fields
 
 
 def _by_index(raw: dict[str, str]) -> list[dict[str, Any]]:

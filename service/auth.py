@@ -163,11 +163,13 @@ _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <key>
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the key itself")
 
 
-def get_caller(
+async def get_caller(
     request: Request,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     header: Annotated[str | None, Security(_header)],
 ) -> Caller:
+    # On the event loop (a coroutine), not a thread hop: a dict lookup, a stat of the keys
+    # file, and a hash.
     ring = keyring(request.app.state.settings)
     if ring.open:
         return Caller(ANONYMOUS, "admin")

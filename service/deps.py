@@ -1,5 +1,8 @@
 """Dependencies the routes take through `Depends`: the app's settings, job store, queue, and
-the cost estimate's model."""
+the cost estimate's model.
+
+Coroutines, though they never wait: FastAPI runs a plain function dependency in its thread
+pool, a hop per dependency per request that costs more than the lookup itself."""
 
 from __future__ import annotations
 
@@ -13,19 +16,19 @@ from jobmodel.store import JobStore
 from service.estimates import Estimator
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_store(request: Request) -> JobStore:
+async def get_store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-def get_queue(request: Request) -> JobQueue:
+async def get_queue(request: Request) -> JobQueue:
     return request.app.state.queue
 
 
-def get_estimator(request: Request) -> Estimator:
+async def get_estimator(request: Request) -> Estimator:
     return request.app.state.estimator
 
 

@@ -13,7 +13,6 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from kombu.exceptions import OperationalError
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
@@ -127,11 +126,6 @@ def install(app: FastAPI) -> None:
             return _answer(503, STORE_FULL)
         log.warning("job store unavailable: %s", exc)
         return _answer(503, "job store (Redis) unavailable, try again shortly")
-
-    @app.exception_handler(OperationalError)
-    async def broker_down(_: Request, exc: OperationalError) -> JSONResponse:
-        log.warning("broker unavailable: %s", exc)
-        return _answer(503, "task broker unavailable, try again shortly")
 
     @app.exception_handler(Exception)
     async def bug(_: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - a bug

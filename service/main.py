@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import bo_engine
+from jobmodel import logs
 from jobmodel.queue import JobQueue
 from jobmodel.settings import Settings
 from jobmodel.store import JobStore
@@ -36,6 +37,7 @@ TAGS = [
 
 def create_app(settings: Settings) -> FastAPI:
     """The app, configured by `settings` alone: routes and middleware take them from here."""
+    logs.configure(settings.log_level)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,7 +47,6 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.queue = JobQueue.from_settings(settings)
         async with live.running(app, settings):  # event streams, /metrics, webhooks
             yield
-        app.state.queue.close()
         app.state.store.close()
 
     app = FastAPI(

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bolab.client import TERMINAL, LabClient
-from bolab.stack import ApiServer, RedisServer, WorkerProcess
+from bolab.stack import ApiServer, ManagedProcess, RedisServer, WorkerProcess
+from jobmodel import keys
+from jobmodel.store import JobStore
 
 T = TypeVar("T")
 
@@ -64,6 +66,16 @@ def eventually(probe: Callable[[], T | None], timeout: float = 30.0, every: floa
             return value
         time.sleep(every)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+def compute_seconds(store: JobStore, job_id: str) -> float:
+    """The wall seconds of the job's finished batches, as the store records them."""
+    return sum(float(v) for v in store.redis.hvals(keys.batches(job_id)))
+
+
+def restart(process: ManagedProcess) -> None:
+    process.stop()
+    process.start()
 
 
 def ended(client: LabClient, job_id: str, timeout: float) -> dict[str, Any]:

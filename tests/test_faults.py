@@ -23,7 +23,7 @@ import redis
 
 from jobmodel import keys
 from jobmodel.store import JobStore
-from tests.helpers import ENDLESS, TINY, OwnLab, ended, eventually
+from tests.helpers import ENDLESS, TINY, OwnLab, ended, eventually, restart
 from worker.broker import broker_view
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
@@ -170,7 +170,7 @@ def test_api_restart_loses_and_duplicates_nothing(fault_lab: Lab) -> None:
         for i in range(4)
     }
     listed_before = [j["id"] for j in lab.client.list(limit=200)["items"]]
-    lab.api.restart()
+    restart(lab.api)
     listed_after = [j["id"] for j in lab.client.list(limit=200)["items"]]
     assert listed_after[: len(listed_before)] == listed_before
     for idem, job in submitted.items():  # a client retrying across the restart

@@ -3,7 +3,7 @@
 Task code (which imports the engine) lives in `worker.tasks`, which this app includes. The
 worker's settings are read once, when this module is imported (a worker process's entry), or
 given by `configure` before the worker starts (`bolab worker --redis-url`); the tasks, the
-heartbeat and the reaper take them from `settings()`.
+heartbeat and the reaper take them from `settings()`, and the JSON event logs their level.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_init
 
+from jobmodel import logs
 from jobmodel.queue import celery_client
 from jobmodel.settings import Settings
 
@@ -53,3 +55,9 @@ def configure(settings: Settings) -> None:
 def settings() -> Settings:
     """The settings this worker process runs with."""
     return _settings
+
+
+@worker_init.connect
+def _event_logs(**_: Any) -> None:
+    """The level of the JSON event lines, set before the pool starts: its processes inherit it."""
+    logs.configure(_settings.log_level)

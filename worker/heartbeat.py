@@ -1,4 +1,4 @@
-"""Worker liveness in the job store: `/readyz` and the metrics issue count live workers by it.
+"""Worker liveness in the job store: `/readyz` and the `/metrics` worker gauges count by it.
 
 Celery's own broadcast ping needs a reply timeout per call; a heartbeat key is one Redis read.
 """

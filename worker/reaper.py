@@ -41,69 +41,89 @@ from celery.signals import worker_ready, worker_shutdown
 from jobmodel.queue import PLAN_JOB, QUEUES, RUN_BATCH
 from jobmodel.settings import Settings
 from jobmodel.store import Deletion, JobStore
-from worker.broker import broker_view, restore
+from worker.broker import BrokerView, broker_view, restore
 
 log = logging.getLogger(__name__)
 
 RETENTION_BATCH = 100  # jobs deleted per sweep at most: one sweep stays short
 
+Unit = tuple[str, str]  # (job id, "plan" or a batch index)
+
 
 class Reaper:
     def __init__(self, store: JobStore, settings: Settings) -> None:
         self.store, self.settings = store, settings
-        self.missing_since: dict[tuple[str, str], float] = {}  # units seen nowhere, and when
+        self.missing_since: dict[Unit, float] = {}  # units seen nowhere, and when
 
     def sweep(self) -> list[str]:
         """One look at every active job; returns what it did (for logs and tests)."""
-        r, s, leases = self.store.redis, self.settings, self.store.leases
         active = self.store.active_ids()
         if not active:
             self.missing_since.clear()
             return []
-        view = broker_view(r)
+        view = broker_view(self.store.redis)
         actions: list[str] = []
-        seen_missing: dict[tuple[str, str], float] = {}
+        still_missing: dict[Unit, float] = {}
         for job_id in active:
-            units = self._open_units(job_id)
-            if not units:
-                # Nothing left to run (or the job just ended): only closing can be missing.
-                if self.store.close_if_done(job_id):
-                    actions.append(f"closed {job_id}")
-                continue
-            for unit in units:
-                if leases.held(job_id, unit) or (job_id, unit) in view.waiting:
-                    continue
-                attempts, overdue = leases.attempts(job_id, unit)
-                name = "planning" if unit == "plan" else f"batch {unit}"
-                if overdue:
-                    self.store.mark_failed(
-                        job_id, f"{name} ran over its time limit of {s.batch_time_limit_s:g} s"
-                    )
-                    actions.append(f"failed {job_id} {unit}")
-                    break
-                if attempts >= s.max_attempts:
-                    self.store.mark_failed(
-                        job_id,
-                        f"{name} was started {attempts} times and never finished (its worker "
-                        f"died or it ran over the time limit of {s.batch_time_limit_s:g} s)",
-                    )
-                    actions.append(f"failed {job_id} {unit}")
-                    break
-                delivered = view.delivered.get((job_id, unit), [])
-                stale = [d for d in delivered if d.age_s > s.orphan_grace_s]
-                if delivered and len(stale) == len(delivered):
-                    for d in stale:
-                        restore(r, d.tag)
-                    actions.append(f"restored {job_id} {unit}")
-                elif not delivered:
-                    first = self.missing_since.get((job_id, unit), time.monotonic())
-                    seen_missing[(job_id, unit)] = first
-                    if time.monotonic() - first >= s.orphan_grace_s:
-                        self._resend(job_id, unit)
-                        seen_missing.pop((job_id, unit))
-                        actions.append(f"resent {job_id} {unit}")
-        self.missing_since = seen_missing
+            actions += self._check_job(job_id, view, still_missing)
+        self.missing_since = still_missing
         return actions
+
+    def _check_job(
+        self, job_id: str, view: BrokerView, still_missing: dict[Unit, float]
+    ) -> list[str]:
+        """Each unfinished unit of the job with no live lease and no message waiting: fail the
+        job, or put the unit back in its queue. Units found nowhere go into `still_missing`."""
+        units = self._open_units(job_id)
+        if not units:
+            # Nothing left to run (or the job just ended): only closing can be missing.
+            return [f"closed {job_id}"] if self.store.close_if_done(job_id) else []
+        actions: list[str] = []
+        for unit in units:
+            if self.store.leases.held(job_id, unit) or (job_id, unit) in view.waiting:
+                continue
+            failure = self._failure(job_id, unit)
+            if failure:
+                self.store.mark_failed(job_id, failure)
+                return [*actions, f"failed {job_id} {unit}"]
+            action = self._requeue(job_id, unit, view, still_missing)
+            if action:
+                actions.append(action)
+        return actions
+
+    def _failure(self, job_id: str, unit: str) -> str | None:
+        """Why the unit fails its job (over its time limit, or started too often), or None."""
+        limit = self.settings.batch_time_limit_s
+        attempts, overdue = self.store.leases.attempts(job_id, unit)
+        name = "planning" if unit == "plan" else f"batch {unit}"
+        if overdue:
+            return f"{name} ran over its time limit of {limit:g} s"
+        if attempts >= self.settings.max_attempts:
+            return (
+                f"{name} was started {attempts} times and never finished (its worker "
+                f"died or it ran over the time limit of {limit:g} s)"
+            )
+        return None
+
+    def _requeue(
+        self, job_id: str, unit: str, view: BrokerView, still_missing: dict[Unit, float]
+    ) -> str | None:
+        """Put back a unit whose every delivery is older than `orphan_grace_s` (its worker is
+        dead), or send again one found nowhere for that long; None when it is too early."""
+        grace = self.settings.orphan_grace_s
+        delivered = view.delivered.get((job_id, unit), [])
+        if delivered:
+            if any(d.age_s <= grace for d in delivered):
+                return None
+            for d in delivered:
+                restore(self.store.redis, d.tag)
+            return f"restored {job_id} {unit}"
+        first = self.missing_since.get((job_id, unit), time.monotonic())
+        if time.monotonic() - first < grace:
+            still_missing[(job_id, unit)] = first
+            return None
+        self._resend(job_id, unit)
+        return f"resent {job_id} {unit}"
 
     def prune(self) -> list[str]:
         """Retention: delete up to RETENTION_BATCH terminal jobs that finished more than

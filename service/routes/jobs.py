@@ -33,7 +33,6 @@ from service.errors import (
     JobNotFound,
     NotImplementedByServer,
     TooManyJobs,
-    Unavailable,
 )
 from service.limits import (
     over_bounds_error,
@@ -246,6 +245,7 @@ def submit_job(
             max_active=settings.max_active_jobs,
             idempotency=idem,
             notify_url=notify_url,
+            job_queue=job_queue,
         )
     except IdempotentReplay as replay:
         if not replay.same_body:
@@ -259,14 +259,6 @@ def submit_job(
             f"(BOLAB_MAX_ACTIVE_JOBS = {settings.max_active_jobs}); retry when some finish",
             {"Retry-After": str(RETRY_AFTER_S)},
         ) from None
-    try:
-        job_queue.send_job(job.id, job.queue)
-    except Exception as exc:
-        store.mark_failed(job.id, f"could not queue the job: {exc}")
-        if idem:
-            # A retry with the same key may try again.
-            store.forget_idempotency(caller.owner, idem[0])
-        raise Unavailable("task broker unavailable; the job was not queued") from exc
     return _accepted(job, job.id, response)
 
 
