@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 import bo_engine
-from bo_engine.plan import Batch, assemble_result, plan_batches
+from bo_engine.adaptive import Request, adaptive_summary, add_runs, plan_round
+from bo_engine.plan import MAX_RUNS_PER_BATCH, Batch, assemble_result, plan_batches
 from bo_engine.results import summarize_cell
 from bo_engine.spec import JobSpec
 from bo_engine.train import RunSetup, train_batch
@@ -105,7 +106,10 @@ def run_spec(
     on_runs_done: Callable[[int], None] | None = None,
     on_cell_done: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Run a whole spec in this process (the `bolab run --local` path)."""
+    """Run a whole spec in this process (the `bolab run --local` path); an adaptive spec runs
+    round by round (`run_adaptive`)."""
+    if spec.is_adaptive:
+        return run_adaptive(spec, device=device, on_runs_done=on_runs_done)
     started = time.perf_counter()
     device = device or resolve_device(spec.device)
     cells: list[dict[str, Any]] = []
@@ -116,3 +120,68 @@ def run_spec(
     return assemble_result(
         spec, cells, engine_info(device, spec.dtype, time.perf_counter() - started)
     )
+
+
+def train_requests(
+    spec: JobSpec,
+    requests: list[Request],
+    *,
+    device: torch.device,
+    on_runs_done: Callable[[int], None] | None = None,
+) -> list[list[dict[str, Any]]]:
+    """Train every request's runs (requests of one shape key in batches of at most
+    MAX_RUNS_PER_BATCH runs); the runs of each request, in request order, sorted by seed."""
+    setups = [
+        RunSetup(cell_index=i, cell=r.cell, seed=r.cell.seed + k)
+        for i, r in enumerate(requests)
+        for k in range(r.cell.seeds)
+    ]
+    groups: dict[tuple[Any, ...], list[RunSetup]] = {}
+    for setup in setups:
+        groups.setdefault(setup.cell.shape_key(), []).append(setup)
+    runs: list[list[dict[str, Any]]] = [[] for _ in requests]
+    for group in groups.values():
+        for start in range(0, len(group), MAX_RUNS_PER_BATCH):
+            train_batch(
+                group[start : start + MAX_RUNS_PER_BATCH],
+                device=device,
+                dtype=getattr(torch, spec.dtype),
+                record_every=spec.record_every,
+                max_margin_baseline=spec.max_margin_baseline,
+                theory=spec.theory,
+                on_run_done=lambda setup, run: runs[setup.cell_index].append(run),
+                on_runs_done=on_runs_done,
+            )
+    return [sorted(r, key=lambda run: run["seed"]) for r in runs]
+
+
+def run_adaptive(
+    spec: JobSpec,
+    *,
+    device: torch.device | None = None,
+    on_runs_done: Callable[[int], None] | None = None,
+    on_round: Callable[[int, list[Request]], None] | None = None,
+) -> dict[str, Any]:
+    """Run an adaptive spec in this process: plan a round from the cells so far
+    (`bo_engine.adaptive.plan_round`), train it, store its runs, until the plan is empty.
+    `on_round(k, requests)` is told each round before it trains. The result adds `rounds` (cells
+    and runs each round asked for) and, with a refine section, `boundaries` and `scaling`."""
+    started = time.perf_counter()
+    device = device or resolve_device(spec.device)
+    cells: list[dict[str, Any]] = []
+    rounds: list[dict[str, Any]] = []
+    while requests := plan_round(spec, cells):
+        if on_round:
+            on_round(len(rounds), requests)
+        round_started = time.perf_counter()
+        trained = train_requests(spec, requests, device=device, on_runs_done=on_runs_done)
+        for request, runs in zip(requests, trained, strict=True):
+            cells = add_runs(spec, cells, request, runs)
+        rounds.append({
+            "round": len(rounds),
+            "cells": len(requests),
+            "runs": sum(r.cell.seeds for r in requests),
+            "wall_seconds": time.perf_counter() - round_started,
+        })  # fmt: skip
+    engine = engine_info(device, spec.dtype, time.perf_counter() - started)
+    return {**assemble_result(spec, cells, engine), "rounds": rounds, **adaptive_summary(spec, cells)}
