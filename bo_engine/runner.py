@@ -184,4 +184,5 @@ def run_adaptive(
             "wall_seconds": time.perf_counter() - round_started,
         })  # fmt: skip
     engine = engine_info(device, spec.dtype, time.perf_counter() - started)
-    return {**assemble_result(spec, cells, engine), "rounds": rounds, **adaptive_summary(spec, cells)}
+    result = assemble_result(spec, cells, engine)
+    return {**result, "rounds": rounds, **adaptive_summary(spec, cells)}
