@@ -164,6 +164,20 @@ def _bound(field: str, s: Settings) -> tuple[str, float]:
     return setting, getattr(s, setting)
 
 
+def not_adaptive(spec: JobSpec) -> JobSpec:
+    """The service runs specs whose cells are all known at submission; an adaptive spec (a
+    refine section, or seeds to a target) is answered 422 naming what makes it adaptive."""
+    if spec.is_adaptive:
+        fields = ["refine"] if spec.refine is not None else []
+        fields += [] if isinstance(spec.seeds, int) else ["seeds"]
+        raise ValueError(
+            f"{' and '.join(fields)}: adaptive specs (a refine section, or seeds as "
+            "{min, max, target}) run with `bolab run --local` for now; the service does not "
+            "run them yet"
+        )
+    return spec
+
+
 def check_bounds(spec: JobSpec, s: Settings) -> JobSpec:
     """The size bounds on every resolved cell (the values the engine will use), then the cost
     model's bounds on work, memory, one step and the result (`bo_engine.cost`)."""
@@ -211,5 +225,6 @@ def bounded_spec(settings: Settings) -> Any:
     return Annotated[
         JobSpec,
         BeforeValidator(lambda data: precheck(data, settings)),
+        AfterValidator(not_adaptive),
         AfterValidator(lambda spec: check_bounds(spec, settings)),
     ]
