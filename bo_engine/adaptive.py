@@ -198,8 +198,13 @@ def boundaries(spec: JobSpec, cells: list[dict[str, Any]]) -> list[dict[str, Any
 
 
 def adaptive_summary(spec: JobSpec, cells: list[dict[str, Any]]) -> dict[str, Any]:
-    """The result's adaptive parts: `boundaries` and `scaling` (with a refine section)."""
+    """The result's adaptive parts, with a refine section: `refine` (the search as specified),
+    `boundaries` and `scaling`."""
     if spec.refine is None:
         return {}
     found = boundaries(spec, cells)
-    return {"boundaries": found, "scaling": scaling(spec.lines, found, spec.refine.axis)}
+    return {
+        "refine": spec.refine.model_dump(),
+        "boundaries": found,
+        "scaling": scaling(spec.lines, found, spec.refine.axis),
+    }

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from bo_engine.adaptive import Request, add_runs, boundaries, plan_round, runs_bound
 from bo_engine.boundary import LineCell, find_crossing
+from bo_engine.plots import plot_result
 from bo_engine.scaling import fit_power_law, scaling
 from bo_engine.seeding import seeds_to_add
 from bo_engine.spec import JobSpec, SeedsPolicy
@@ -264,14 +265,22 @@ def _run_local(spec: dict, where: Path) -> dict:
     return json.loads(out.read_text())
 
 
-def test_run_local_searches_round_by_round_and_is_deterministic(tmp_path: Path) -> None:
-    first = _run_local(ADAPTIVE, tmp_path)
+@pytest.fixture(scope="module")
+def local_result(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    where = tmp_path_factory.mktemp("adaptive")
+    return where, _run_local(ADAPTIVE, where)
+
+
+def test_run_local_searches_round_by_round_and_is_deterministic(
+    local_result: tuple[Path, dict], tmp_path: Path
+) -> None:
+    _, first = local_result
     assert [b["line"] for b in first["boundaries"]] == [
         {"n": 20, "d_over_n": 2},
         {"n": 40, "d_over_n": 2},
     ]
     assert sum(r["runs"] for r in first["rounds"]) == sum(len(c["runs"]) for c in first["cells"])
-    assert len(first["rounds"]) > 2 and "scaling" in first
+    assert len(first["rounds"]) > 2 and "scaling" in first and first["refine"]["axis"] == "gamma"
     for found in first["boundaries"]:
         assert {"estimate", "ci95", "cells", "runs", "converged", "note"} <= set(found)
         assert 5 <= found["cells"] <= 8
@@ -282,6 +291,28 @@ def test_run_local_searches_round_by_round_and_is_deterministic(tmp_path: Path) 
     strip = [{k: v for k, v in c.items() if k != "runs"} for c in first["cells"]]
     assert strip == [{k: v for k, v in c.items() if k != "runs"} for c in again["cells"]]
     assert first["boundaries"] == again["boundaries"]
+
+
+def test_plot_kind_boundary(local_result: tuple[Path, dict]) -> None:
+    where, result = local_result
+    png = where / "boundary.png"
+    args = ["plot", str(where / "result.json"), "--kind", "boundary", "--out", str(png)]
+    outcome = CliRunner().invoke(app, args)
+    assert outcome.exit_code == 0, outcome.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    figure = plot_result(result, "boundary")
+    ax = figure.axes[0]
+    assert ax.get_xscale() == ax.get_yscale() == "log" and ax.get_xlabel() == "n"
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert any(label.startswith("fit: exponent") for label in labels)
+    assert "theory slope -1" in labels
+
+
+def test_plot_kind_boundary_needs_boundaries(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"cells": [], "axes": []}))
+    outcome = CliRunner().invoke(app, ["plot", str(plain), "--kind", "boundary"])
+    assert outcome.exit_code == 1 and "no boundaries" in outcome.stderr
 
 
 def test_round_requests_train_the_next_seed_numbers(tmp_path: Path) -> None:
