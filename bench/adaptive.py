@@ -9,9 +9,13 @@ seeds: examples/paper_gamma.json's grid with seeds to a target half-width; again
     seeds: one uniform run with 1.5 x the most seeds any adaptive cell took, from which the
     fewest uniform seeds per cell that reach the target everywhere are read off (seeds
     0..S-1 of a cell are the same runs whatever S, so its first S runs are that uniform run).
+coverage: the boundary search's 95 % interval on synthetic lines with a known crossing (a
+    falling sigmoid in log gamma through 0.1, normal noise per seed; no training): how often the
+    interval covers the truth, how often the line converges, cells and runs per line.
 
     python bench/adaptive.py boundary [--out DIR] [--dense-points 16] [--dense-seeds 50]
     python bench/adaptive.py seeds [--out DIR] [--halfwidth 0.02]
+    python bench/adaptive.py coverage [--lines 200]
 
 Results are kept in --out (default /tmp/bolab-bench-adaptive) and reused when present (--fresh
 reruns them). Wall times on a shared 2-core machine are noisy: take them as rough.
@@ -177,20 +181,64 @@ def _fewest_uniform(uniform: dict[str, Any], target: float) -> int | None:
     return None
 
 
+def coverage(args: argparse.Namespace) -> None:
+    from bo_engine.adaptive import add_runs, boundaries, plan_round
+    from bo_engine.spec import JobSpec
+
+    print(f"{'steepness':>9} {'noise sd':>8} {'covered':>8} {'converged':>9} {'cells':>6} "
+          f"{'runs':>6}   ({args.lines} lines each, target half-width {args.halfwidth})")
+    for steepness in (2.5, 4.0, 8.0):
+        for noise in (0.05, 0.1):
+            spec = JobSpec.model_validate({
+                "n": 50, "d": 100,
+                "seeds": {"min": 5, "max": 400, "target": {"metric": "test_error",
+                          "ci95_halfwidth": args.halfwidth}},
+                "refine": {"axis": "gamma", "range": [0.001, 0.9], "level": LEVEL,
+                           "rel_tolerance": args.rel_tolerance},
+            })  # fmt: skip
+            tally = np.zeros(4)
+            for line in range(args.lines):
+                rng = np.random.default_rng(line)
+                truth = float(np.exp(rng.uniform(np.log(0.005), np.log(0.2))))
+                cells: list[dict[str, Any]] = []
+                while requests := plan_round(spec, cells):
+                    for r in requests:
+                        seeds = range(r.cell.seed, r.cell.seed + r.cell.seeds)
+                        runs = [_synthetic_run(r.point["gamma"], s, truth, steepness, noise, line)
+                                for s in seeds]  # fmt: skip
+                        cells = add_runs(spec, cells, r, runs)
+                (found,) = boundaries(spec, cells)
+                inside = bool(found["ci95"]) and found["ci95"][0] <= truth <= found["ci95"][1]
+                tally += [inside, found["converged"], found["cells"], found["runs"]]
+            share = tally / args.lines
+            print(f"{steepness:>9} {noise:>8} {share[0]:>8.1%} {share[1]:>9.1%} "
+                  f"{share[2]:>6.1f} {share[3]:>6.0f}")
+
+
+def _synthetic_run(
+    gamma: float, seed: int, truth: float, steepness: float, noise: float, line: int
+) -> dict[str, Any]:
+    """0.5 / (1 + 4 (gamma / truth)^steepness): 0.1 at gamma = truth; plus noise of sd `noise`."""
+    mean = 0.5 / (1 + 4 * (gamma / truth) ** steepness)
+    draw = np.random.default_rng([line, seed, int(gamma * 1e12)]).normal(0, noise)
+    return {"seed": seed, "test_error": mean + float(draw), "interpolated": True}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["boundary", "seeds"])
+    parser.add_argument("part", choices=["boundary", "seeds", "coverage"])
     parser.add_argument("--out", type=Path, default=Path("/tmp/bolab-bench-adaptive"))
     parser.add_argument("--fresh", action="store_true", help="rerun even if results are kept")
     parser.add_argument("--dense-points", type=int, default=16)
     parser.add_argument("--dense-seeds", type=int, default=50)
     parser.add_argument("--halfwidth", type=float, default=None)
     parser.add_argument("--rel-tolerance", type=float, default=0.1)
+    parser.add_argument("--lines", type=int, default=200, help="synthetic lines (coverage)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.halfwidth is None:
-        args.halfwidth = 0.015 if args.part == "boundary" else 0.02
-    boundary(args) if args.part == "boundary" else seeds(args)
+        args.halfwidth = {"boundary": 0.015, "seeds": 0.02, "coverage": 0.015}[args.part]
+    {"boundary": boundary, "seeds": seeds, "coverage": coverage}[args.part](args)
 
 
 if __name__ == "__main__":

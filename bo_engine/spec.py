@@ -52,19 +52,7 @@ GRID_AXES = CELL_AXES + DERIVED_AXES
 GridValue = Annotated[int | float | str, Field(union_mode="left_to_right")]
 
 # Axes a boundary search may move along: the numeric per-cell fields and the two derived ones.
-REFINE_AXES = (
-    "n",
-    "d",
-    "width",
-    "gamma",
-    "corruption_rate",
-    "num_corrupt",
-    "alpha",
-    "init_scale",
-    "lr",
-    "max_steps",
-    "n_test",
-) + DERIVED_AXES
+REFINE_AXES = tuple(a for a in CELL_AXES if a not in ("stop", "seeds", "seed")) + DERIVED_AXES
 # Of those, the ones that take whole numbers (a planned point is rounded; width to an even one).
 INTEGER_AXES = ("n", "d", "width", "num_corrupt", "max_steps", "n_test")
 

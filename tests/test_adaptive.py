@@ -324,3 +324,18 @@ def test_round_requests_train_the_next_seed_numbers(tmp_path: Path) -> None:
     cells = add_runs(spec, [], first, runs)
     (more,) = plan_round(spec, cells)
     assert isinstance(more, Request) and more.cell.seed == 2 and more.point == first.point
+
+
+def test_refine_points_snap_to_values_a_cell_can_take() -> None:
+    """Integer axes get whole numbers (width an even one); d_over_n a multiple of 1/n."""
+    for axis, bounds, check in [
+        ("n", [20, 400], lambda v: isinstance(v, int)),
+        ("width", [4, 100], lambda v: isinstance(v, int) and v % 2 == 0),
+        ("d_over_n", [0.5, 7.3], lambda v: abs(v * 30 - round(v * 30)) < 1e-9),
+    ]:
+        spec = JobSpec.model_validate(
+            {"n": 30, "d": 60, "seeds": 2, "refine": {**REFINE, "axis": axis, "range": bounds}}
+        )
+        points = [r.point[axis] for r in plan_round(spec, [])]
+        assert len(points) == 5 and all(check(v) for v in points), points
+        assert all(r.cell.seeds == 2 and r.cell.seed == 0 for r in plan_round(spec, []))
