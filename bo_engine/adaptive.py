@@ -167,9 +167,12 @@ def add_runs(
     spec: JobSpec, cells: list[dict[str, Any]], request: Request, runs: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """The stored cells with a request's runs added: to its cell if stored, else as a new cell
-    (index = the number of cells so far). Each cell's params report the seeds it has."""
+    (index = the number of cells so far). A run of a seed the cell has replaces it, so adding
+    the same runs twice (a redelivered round) changes nothing. Each cell's params report the
+    seeds it has."""
     stored = next((c for c in cells if c["point"] == request.point), None)
-    everything = sorted((stored["runs"] if stored else []) + runs, key=lambda r: r["seed"])
+    by_seed = {r["seed"]: r for r in (stored["runs"] if stored else []) + runs}
+    everything = [by_seed[seed] for seed in sorted(by_seed)]
     index = stored["index"] if stored else len(cells)
     cell = resolve_cell(spec, request.point).model_copy(update={"seeds": len(everything)})
     updated = {"point": request.point, **summarize_cell(index, cell, everything)}

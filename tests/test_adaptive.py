@@ -322,6 +322,7 @@ def test_round_requests_train_the_next_seed_numbers(tmp_path: Path) -> None:
     assert (first.cell.seed, first.cell.seeds) == (0, 2)
     runs = [{"seed": s, "test_error": 0.1 * s, "interpolated": True} for s in (0, 1)]
     cells = add_runs(spec, [], first, runs)
+    assert add_runs(spec, cells, first, runs) == cells  # the same runs again change nothing
     (more,) = plan_round(spec, cells)
     assert isinstance(more, Request) and more.cell.seed == 2 and more.point == first.point
 
