@@ -340,3 +340,10 @@ def test_refine_points_snap_to_values_a_cell_can_take() -> None:
         points = [r.point[axis] for r in plan_round(spec, [])]
         assert len(points) == 5 and all(check(v) for v in points), points
         assert all(r.cell.seeds == 2 and r.cell.seed == 0 for r in plan_round(spec, []))
+
+
+def test_the_boundary_example_validates() -> None:
+    spec = JobSpec.model_validate_json(Path("examples/boundary_gamma_n.json").read_text())
+    assert spec.is_adaptive and spec.refine and spec.refine.axis == "gamma"
+    assert [line["n"] for line in spec.lines] == [50, 100, 200, 400]
+    assert runs_bound(spec) == 4 * 24 * 200
