@@ -308,6 +308,15 @@ def test_plot_kind_boundary(local_result: tuple[Path, dict]) -> None:
     assert "theory slope -1" in labels
 
 
+def test_run_local_table_shows_the_refine_axis(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({**ADAPTIVE, "grid": {"n": [20], "d_over_n": [2]}}))
+    outcome = CliRunner().invoke(app, ["run", "--local", str(spec), "--format", "table"])
+    assert outcome.exit_code == 0, outcome.stderr
+    header = next(line for line in outcome.stdout.splitlines() if "d_over_n" in line)
+    assert "gamma" in header
+
+
 def test_plot_kind_boundary_needs_boundaries(tmp_path: Path) -> None:
     plain = tmp_path / "plain.json"
     plain.write_text(json.dumps({"cells": [], "axes": []}))
