@@ -13,7 +13,7 @@ $(BIN)/bolab: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-.PHONY: install up test test-fast lint bench
+.PHONY: install up test test-fast lint bench golden
 install: $(BIN)/bolab
 
 up: install
@@ -33,3 +33,7 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/engine.py
+
+# Pin the golden runs again (tests/test_golden.py) after bumping bo_engine.NUMERICS_VERSION.
+golden: install
+	OMP_NUM_THREADS=1 $(BIN)/python -m tests.golden

@@ -35,9 +35,10 @@ run of a batch at once.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from bo_engine.plan import plan_batches
+from bo_engine.plan import Batch, plan_batches
 from bo_engine.spec import Cell, JobSpec, uses_gram_form
 
 DTYPE_BYTES = {"float32": 4, "float64": 8}
@@ -135,8 +136,13 @@ def run_cost(
     return RunCost(work, int(drawn + max(later)), result, stage, points)
 
 
-def job_cost(spec: JobSpec, *, parallel_runs: int) -> JobCost:
-    """Every run of the job, and its costliest batch as `bo_engine.train` would hold it."""
+def job_cost(
+    spec: JobSpec, *, parallel_runs: int, cached_runs: Mapping[int, int] | None = None
+) -> JobCost:
+    """Every run of the job, and its costliest batch as `bo_engine.train` would hold it. The
+    work counts only runs to train: `cached_runs` (cell index -> runs of it the run cache
+    holds) cost nothing, nor does a batch with nothing left to train."""
+    cached = cached_runs or {}
     runs = [
         run_cost(
             cell,
@@ -154,12 +160,17 @@ def job_cost(spec: JobSpec, *, parallel_runs: int) -> JobCost:
         costs = [(spec.cells[i], runs[i]) for i in batch.cell_indices]
         worst_batch = max(worst_batch, _batch_bytes(costs, spec, parallel_runs))
     return JobCost(
-        work=BATCH_UNITS * len(batches) + sum(c.seeds * r.work for c, r in pairs),
+        work=BATCH_UNITS * sum(_trains(b, spec, cached) for b in batches)
+        + sum((c.seeds - cached.get(i, 0)) * r.work for i, (c, r) in enumerate(pairs)),
         peak_batch_bytes=PROCESS_BYTES + worst_batch,
         result_bytes=sum(CELL_JSON_BYTES + c.seeds * r.result_bytes for c, r in pairs),
         max_stage_work=max(r.stage_work for r in runs),
         max_trajectory_points=max(r.trajectory_points for r in runs),
     )
+
+
+def _trains(batch: Batch, spec: JobSpec, cached: Mapping[int, int]) -> bool:
+    return any(spec.cells[i].seeds > cached.get(i, 0) for i in batch.cell_indices)
 
 
 def _batch_bytes(costs: list[tuple[Cell, RunCost]], spec: JobSpec, parallel_runs: int) -> int:

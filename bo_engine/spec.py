@@ -278,6 +278,11 @@ class JobSpec(BaseModel):
     )
     max_margin_baseline: bool = Field(True, description="solve the hard-margin linear baseline")
     record_every: int | None = Field(None, ge=1, description="trajectory every this many steps")
+    cache: bool = Field(
+        True,
+        description="serve runs the lab has trained before from its run cache; false retrains "
+        "every run (timing, verification)",
+    )
     theory: TheoryRule = Field(default_factory=TheoryRule)
     refine: RefineSpec | None = Field(
         None, description="boundary search along one axis, on every line of the grid"

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, NoReturn, TypedDict
+from typing import Any, Literal, NoReturn, NotRequired, TypedDict
 
 import httpx
 
@@ -28,6 +28,7 @@ TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
 class Progress(TypedDict):
     runs_done: int
+    runs_cached: NotRequired[int]  # of runs_done, those taken from the lab's run cache
     runs_total: int
     fraction: float
     batches_done: int

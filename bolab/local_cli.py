@@ -61,6 +61,15 @@ def run(
     device: Annotated[
         str | None, typer.Option(help="override the spec's device: auto, cpu or cuda")
     ] = None,
+    cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache",
+            file_okay=False,
+            help="with --local: a run cache directory (one file per run); runs found there are "
+            "not trained again, runs trained are added",
+        ),
+    ] = None,
 ) -> None:
     """Run a spec and write its result: in this process with --local, else on the lab service.
 
@@ -71,11 +80,17 @@ def run(
     spec = load_spec(spec_file)
     if device is not None:
         spec = JobSpec.model_validate({**spec.model_dump(exclude_unset=True), "device": device})
-    result = _run_here(spec) if local else _run_on_service(spec)
+    if cache is not None and not local:
+        raise typer.BadParameter(
+            "--cache needs --local (the service has its own)", param_hint="--cache"
+        )
+    result = _run_here(spec, cache) if local else _run_on_service(spec)
     write_result(result, spec, fmt, out_file)  # type: ignore[arg-type]
 
 
-def _run_here(spec: JobSpec) -> dict[str, Any]:
+def _run_here(spec: JobSpec, cache_dir: Path | None = None) -> dict[str, Any]:
+    from bolab.local_cache import DirCache
+
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -85,34 +100,38 @@ def _run_here(spec: JobSpec) -> dict[str, Any]:
     )
     with Progress(*columns, console=err, transient=True) as bar:
         try:
-            result = _train_with_bar(spec, bar)
+            cache = DirCache(cache_dir) if cache_dir is not None else None
+            result = _train_with_bar(spec, cache, bar)
         except RuntimeError as exc:  # e.g. cuda asked for where there is none
             err.print(f"[red]cannot run[/]: {exc}")
             raise typer.Exit(1) from None
     engine = result["engine"]
-    runs = sum(len(c["runs"]) for c in result["cells"])
+    runs = [run for cell in result["cells"] for run in cell["runs"]]
+    cached = sum(run.get("cached", False) for run in runs)
     rounds = f" over {len(result['rounds'])} round(s)" if "rounds" in result else ""
     err.print(
-        f"{runs} runs in {len(result['cells'])} cells{rounds}, {engine['wall_seconds']:.1f} s "
-        f"on {engine['device']} ({engine['dtype']})"
+        f"{len(runs)} runs in {len(result['cells'])} cells{rounds} ({cached} from the cache), "
+        f"{engine['wall_seconds']:.1f} s on {engine['device']} ({engine['dtype']})"
     )
     return result
 
 
-def _train_with_bar(spec: JobSpec, bar: Progress) -> dict[str, Any]:
+def _train_with_bar(spec: JobSpec, cache: Any, bar: Progress) -> dict[str, Any]:
     """Train the spec, advancing the bar; an adaptive spec's bar counts each round's runs."""
     from bo_engine.runner import run_adaptive, run_spec
 
     if not spec.is_adaptive:
         task = bar.add_task(f"training {len(spec.cells)} cell(s)", total=spec.runs_total)
-        return run_spec(spec, on_runs_done=lambda k: bar.advance(task, k))
+        return run_spec(spec, cache=cache, on_runs_done=lambda k: bar.advance(task, k))
     task = bar.add_task("round 0", total=0)
 
     def next_round(k: int, requests: list[Any]) -> None:
         runs = sum(r.cell.seeds for r in requests)
         bar.reset(task, total=runs, description=f"round {k}: {len(requests)} cell(s)")
 
-    return run_adaptive(spec, on_runs_done=lambda k: bar.advance(task, k), on_round=next_round)
+    return run_adaptive(
+        spec, cache=cache, on_runs_done=lambda k: bar.advance(task, k), on_round=next_round
+    )
 
 
 def _run_on_service(spec: JobSpec) -> dict[str, Any]:

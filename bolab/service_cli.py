@@ -129,6 +129,10 @@ def submit(
     notify_url: Annotated[
         str | None, typer.Option("--notify-url", help="webhook: POST the summary here at the end")
     ] = None,
+    no_cache: Annotated[
+        bool,
+        typer.Option("--no-cache", help="retrain every run, even those the lab's run cache holds"),
+    ] = False,
 ) -> None:
     """Submit a JobSpec to the lab service; prints the job id (or, with --wait, the summary)."""
     try:
@@ -136,6 +140,8 @@ def submit(
     except json.JSONDecodeError as exc:
         err.print(f"[red]{spec} is not valid JSON[/]: {exc}")
         raise typer.Exit(1) from None
+    if no_cache and isinstance(body, dict):
+        body["cache"] = False
     with talking_to(url) as client:
         job_id = client.submit(body, notify_url=notify_url)["id"]
         if not wait:
@@ -162,7 +168,8 @@ def status(
     p = job["progress"]
     out.print(
         f"[bold]{job['id']}[/] {job['status']}  {p['runs_done']}/{p['runs_total']} runs "
-        f"({p['fraction']:.0%})  created {job['created_at']}"
+        f"({p['fraction']:.0%}, {p.get('runs_cached', 0)} from the cache)  "
+        f"created {job['created_at']}"
     )
     if job.get("error"):
         out.print(f"[red]error[/]: {job['error']}")

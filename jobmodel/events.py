@@ -82,4 +82,3 @@ def job_ended(client: redis.Redis, job_id: str) -> None:
         seconds=round(duration, 3),
         error=raw.get("error") or None,
     )
-

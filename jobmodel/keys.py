@@ -23,6 +23,12 @@
                                         "...|sum" and "...|count" (buckets not cumulative)
     bolab:webhooks:due            zset  job id -> unix time its webhook delivery is next due
     bolab:webhooks:attempts       hash  job id -> delivery attempts made so far
+    bolab:runs:{scope}            hash  run key -> "job-id cell-index": where the run that key
+                                        names is stored (in that job's cells); scope "lab" or
+                                        "owner:{owner}" (BOLAB_CACHE_SCOPE)
+    bolab:runclaim:{scope}:{key}  str   lease key of the batch training that run now (expires;
+                                        stale once that lease is gone)
+    bolab:job:{id}:cached         hash  batch index -> runs that batch took from the run cache
 
 Per-batch hashes keep progress idempotent: a re-delivered batch overwrites its own fields
 instead of adding to a counter twice. Celery's broker keys (`celery`, `_kombu.*`, `unacked*`)
@@ -99,3 +105,15 @@ WEBHOOK_ATTEMPTS = f"{PREFIX}:webhooks:attempts"
 
 def metric_histogram(name: str) -> str:
     return f"{PREFIX}:metrics:hist:{name}"
+
+
+def run_cache(scope: str) -> str:
+    return f"{PREFIX}:runs:{scope}"
+
+
+def run_claim(scope: str, run_key: str) -> str:
+    return f"{PREFIX}:runclaim:{scope}:{run_key}"
+
+
+def cached(job_id: str) -> str:
+    return f"{job(job_id)}:cached"

@@ -54,6 +54,10 @@ class Leases:
     def mark_overdue(self, job_id: str, unit: str) -> None:
         self.redis.hset(keys.attempts(job_id), f"{unit}{OVERDUE}", 1)
 
+    def key(self, job_id: str, unit: str) -> str:
+        """The lease's Redis key: what names a holder (the run cache's claims hold it)."""
+        return keys.lease(job_id, unit)
+
     def held(self, job_id: str, unit: str) -> bool:
         return bool(self.redis.exists(keys.lease(job_id, unit)))
 

@@ -6,6 +6,7 @@ One class for API, workers and `bolab up`, built once at each entry point and pa
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -137,4 +138,11 @@ class Settings(BaseSettings):
         0.0,
         ge=0,
         description="delete terminal jobs that finished longer ago than this; 0 = keep forever",
+    )
+
+    # --- the run cache: runs trained once, served to every job that asks again -------------
+    cache_scope: Literal["lab", "owner", "off"] = Field(
+        "lab",
+        description="who shares cached runs: the whole lab (runs are pure functions of public "
+        "parameters), each owner apart, or nobody (off: every run trains)",
     )

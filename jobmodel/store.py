@@ -20,7 +20,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from jobmodel import counters, events, keys, logs, queue
+from jobmodel import counters, events, keys, logs, queue, runcache
 from jobmodel.leases import Leases
 
 log = logging.getLogger(__name__)
@@ -227,6 +227,7 @@ class JobRecord:
 class Progress:
     runs_done: int
     batches_done: int
+    runs_cached: int = 0  # of runs_done, those taken from the run cache
 
 
 @dataclass(frozen=True)
@@ -422,8 +423,10 @@ class JobStore:
             keys.cancel(job_id),
             keys.attempts(job_id),
             keys.events(job_id),
+            keys.cached(job_id),
         ]
         args = [job_id, keys.lease(job_id, ""), len(ACTIVE), *ACTIVE, *TERMINAL]
+        spec, owner = self.redis.hmget(keys.job(job_id), "spec", "owner")
         outcome = Deletion(
             self._delete(
                 keys=[keys.job(job_id), keys.JOBS, keys.WEBHOOKS_DUE, keys.WEBHOOK_ATTEMPTS]
@@ -433,6 +436,8 @@ class JobStore:
         )
         if outcome == Deletion.deleted:
             logs.event("job.deleted", job_id=job_id)
+            if spec:  # the run cache no longer points at its runs
+                runcache.forget_job(self.redis, job_id, json.loads(spec), owner or "")
         return outcome
 
     def finished_before(self, cutoff: float, limit: int = 100) -> list[str]:
@@ -472,6 +477,18 @@ class JobStore:
 
     def set_batch_progress(self, job_id: str, batch: int, runs_done: int) -> None:
         self.redis.hset(keys.progress(job_id), str(batch), runs_done)
+
+    def set_batch_cached(self, job_id: str, batch: int, runs_cached: int) -> None:
+        """Of the batch's runs, how many it took from the run cache (idempotent per batch)."""
+        self.redis.hset(keys.cached(job_id), str(batch), runs_cached)
+
+    def owners(self, job_ids: list[str]) -> dict[str, str | None]:
+        """job id -> its owner, None for a job that is gone."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(keys.job(job_id), "id", "owner")
+        found = pipe.execute()
+        return {j: (o or "") if i else None for j, (i, o) in zip(job_ids, found, strict=True)}
 
     def put_cell(self, job_id: str, cell: dict[str, Any], summary: dict[str, Any]) -> None:
         index = str(cell["index"])
@@ -533,10 +550,15 @@ class JobStore:
         for job_id in job_ids:
             pipe.hvals(keys.progress(job_id))
             pipe.hlen(keys.batches(job_id))
+            pipe.hvals(keys.cached(job_id))
         out = pipe.execute()
         return [
-            Progress(runs_done=sum(int(r) for r in runs), batches_done=batches)
-            for runs, batches in zip(out[::2], out[1::2], strict=True)
+            Progress(
+                runs_done=sum(int(r) for r in runs),
+                batches_done=batches,
+                runs_cached=sum(int(c) for c in cached),
+            )
+            for runs, batches, cached in zip(out[::3], out[1::3], out[2::3], strict=True)
         ]
 
     def progress(self, job_id: str) -> Progress:
@@ -556,18 +578,25 @@ class JobStore:
         events.emit(self.redis, job_id, kind, data)
 
     def cell_done(
-        self, job_id: str, queue: str, cell: dict[str, Any], row: dict[str, Any], seconds: float
+        self,
+        job_id: str,
+        queue: str,
+        row: dict[str, Any],
+        seconds: float,
+        trained: list[dict[str, Any]],
     ) -> None:
-        """A cell finished: its `cell` event (summary `row`), and its runs and GD steps in the
-        training metrics. Runs of a batch train together as one tensor program, so a run's
-        duration is the `seconds` from its batch's start until its cell finished."""
-        runs = cell["runs"]
+        """A cell finished: its `cell` event (summary `row`), and the runs of it this delivery
+        `trained` (not those taken from the run cache or an earlier delivery) and their GD
+        steps in the training metrics. Runs of a batch train together as one tensor program,
+        so a run's duration is the `seconds` from its batch's start until its cell finished."""
+        runs = trained
         steps = sum(int(run.get("steps", 0)) for run in runs)
         pipe = self.redis.pipeline(transaction=False)
         events.emit(pipe, job_id, events.CELL, row)
         counters.inc(pipe, "runs_trained_total", {"queue": queue}, len(runs))
         counters.inc(pipe, "gd_steps_total", {"queue": queue}, steps)
-        counters.observe(pipe, "run_duration_seconds", {"queue": queue}, seconds, len(runs))
+        if runs:
+            counters.observe(pipe, "run_duration_seconds", {"queue": queue}, seconds, len(runs))
         pipe.execute()
 
     def count(self, name: str, labels: counters.Labels, amount: float = 1) -> None:

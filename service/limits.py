@@ -21,7 +21,7 @@ from fastapi import Request
 from pydantic import AfterValidator, BeforeValidator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bo_engine.cost import job_cost
+from bo_engine.cost import JobCost, job_cost
 from bo_engine.spec import JobSpec
 from jobmodel.settings import Settings
 from service.errors import UnsupportedMediaType
@@ -187,17 +187,37 @@ def check_bounds(spec: JobSpec, s: Settings) -> JobSpec:
         for field in BOUNDED:
             values[field].append(getattr(cell, field))
         values["seed"].append(cell.seed + cell.seeds - 1)
-    problems = _over_bounds(values, s) or _over_costs(spec, s)
+    problems = _over_bounds(values, s)
     if problems:
         raise ValueError("; ".join(problems))
+    cost = job_cost(spec, parallel_runs=s.max_parallel_runs)
+    # Over max_cost alone, a job may still pass once its cached runs are discounted: the
+    # route charges only the runs to train (`over_work`) after looking them up.
+    problems = _over_costs(cost, s)
+    if problems:
+        raise ValueError("; ".join(_work_problem(cost, s) + problems))
     return spec
 
 
-def _over_costs(spec: JobSpec, s: Settings) -> list[str]:
-    cost = job_cost(spec, parallel_runs=s.max_parallel_runs)
+def over_work(spec: JobSpec, s: Settings, cached_runs: dict[int, int] | None = None) -> list[str]:
+    """The max_cost bound on the work of the runs to train (`cached_runs`: cell index -> runs
+    the run cache holds, which cost nothing)."""
+    cost = job_cost(spec, parallel_runs=s.max_parallel_runs, cached_runs=cached_runs)
+    return _work_problem(cost, s)
+
+
+def _work_problem(cost: JobCost, s: Settings) -> list[str]:
+    if cost.work <= s.max_cost:
+        return []
+    return [
+        f"estimated work {cost.work:.3g} units is over the bound max_cost = {s.max_cost:.3g}; "
+        "lower max_steps, seeds or the grid"
+    ]
+
+
+def _over_costs(cost: JobCost, s: Settings) -> list[str]:
+    """Every cost bound but max_cost (which `over_work` checks on the runs to train)."""
     checks = [
-        (cost.work, s.max_cost, "estimated work", "max_cost", "units", "lower max_steps, seeds "
-         "or the grid"),
         (cost.peak_batch_bytes, s.max_batch_bytes, "estimated peak memory of one batch",
          "max_batch_bytes", "bytes", "lower n, d, width, n_test or seeds"),
         (cost.max_stage_work, s.max_stage_work, "estimated work of one uninterruptible stage "

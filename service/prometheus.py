@@ -135,6 +135,11 @@ COUNTERS = (
         "runs trained to their stop (a re-delivered batch counts again)",
         ["queue"],
     ),
+    (
+        "runs_cached_total",
+        "runs taken from the run cache instead of trained (a re-delivered batch counts again)",
+        ["queue"],
+    ),
     ("gd_steps_total", "gradient-descent steps, summed over runs", ["queue"]),
     ("train_seconds_total", "wall seconds workers spent training batches", ["queue"]),
 )

@@ -34,6 +34,7 @@ LINKS_EXAMPLE = {
 }
 PROGRESS_EXAMPLE = {
     "runs_done": 6,
+    "runs_cached": 2,
     "runs_total": 10,
     "fraction": 0.6,
     "batches_done": 1,
@@ -78,6 +79,9 @@ class ProgressView(BaseModel):
     model_config = _example(PROGRESS_EXAMPLE)
 
     runs_done: int = Field(description="runs finished (stopped by rule, max_steps or cancel)")
+    runs_cached: int = Field(
+        0, description="of runs_done, those taken from the lab's run cache (not trained again)"
+    )
     runs_total: int
     fraction: float = Field(ge=0, le=1)
     batches_done: int
@@ -152,7 +156,16 @@ class JobResult(BaseModel):
                 {
                     "index": 0,
                     "params": {"n": 50, "d": 100, "gamma": 0.1, "width": 64},
-                    "runs": [{"seed": 0, "steps": 812, "test_error": 0.011, "interpolated": True}],
+                    "runs": [
+                        {
+                            "seed": 0,
+                            "steps": 812,
+                            "test_error": 0.011,
+                            "interpolated": True,
+                            "cached": True,
+                            "source_job": "0193a1b2c3d4e5f60700",
+                        }
+                    ],
                     "summary": {
                         "test_error": {"mean": 0.011, "std": 0.0, "min": 0.011, "max": 0.011}
                     },
@@ -169,7 +182,12 @@ class JobResult(BaseModel):
         }
     )
 
-    cells: list[dict[str, Any]] = Field(description="one entry per grid cell, in grid order")
+    cells: list[dict[str, Any]] = Field(
+        description="one entry per grid cell, in grid order; each run says `cached` (taken "
+        "from the lab's run cache) and `source_job` (the job that trained it, null when the "
+        "caller may not see that job), the only fields in which a cached run differs from the "
+        "run it came from"
+    )
     axes: list[str] = Field(description="the swept grid axes, in grid order")
     engine: dict[str, Any] | None = Field(description="null when the job did not finish")
 
@@ -195,6 +213,7 @@ def _time(ts: float | None) -> datetime | None:
 def progress_view(job: JobRecord, progress: Progress) -> ProgressView:
     return ProgressView(
         **progress_data(progress.runs_done, job.runs_total),
+        runs_cached=progress.runs_cached,
         batches_done=progress.batches_done,
         batches_total=job.batches_total,
     )

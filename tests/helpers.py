@@ -76,6 +76,22 @@ def ended(client: LabClient, job_id: str, timeout: float) -> dict[str, Any]:
     )
 
 
+def as_trained(result: dict[str, Any]) -> dict[str, Any]:
+    """A result with each run as it was trained: without `cached` and `source_job`, the two
+    fields in which a run served from the run cache (or trained by a job, not locally) differs."""
+    cells = [
+        {
+            **cell,
+            "runs": [{k: v for k, v in run.items() if k not in SERVED} for run in cell["runs"]],
+        }
+        for cell in result["cells"]
+    ]
+    return {**result, "cells": cells}
+
+
+SERVED = ("cached", "source_job")
+
+
 def assert_numbers_equal(a: Any, b: Any, path: str = "", rel: float = 1e-12) -> None:
     """Same structure, same strings and flags, numbers equal to `rel` (exact when possible)."""
     if isinstance(a, dict):

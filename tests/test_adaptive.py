@@ -356,3 +356,22 @@ def test_the_boundary_example_validates() -> None:
     assert spec.is_adaptive and spec.refine and spec.refine.axis == "gamma"
     assert [line["n"] for line in spec.lines] == [50, 100, 200, 400]
     assert runs_bound(spec) == 4 * 24 * 200
+
+
+def test_run_local_with_a_cache_serves_every_run_of_a_rerun(tmp_path: Path) -> None:
+    """New seeds are the next seed numbers, so a rerun of the same search finds every run in
+    the cache, plans the same rounds from them and gives the same boundaries."""
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({**ADAPTIVE, "grid": {"n": [20], "d_over_n": [2]}}))
+    results = []
+    for name in ("first", "again"):
+        out = tmp_path / f"{name}.json"
+        args = ["run", "--local", str(spec), "--cache", str(tmp_path / "cache"), "--out", str(out)]
+        outcome = CliRunner().invoke(app, args)
+        assert outcome.exit_code == 0, outcome.stderr
+        results.append((json.loads(out.read_text()), outcome.stderr))
+    (first, _), (again, said) = results
+    runs = sum(len(c["runs"]) for c in again["cells"])
+    assert all(r["cached"] for c in again["cells"] for r in c["runs"])
+    assert f"{runs} from the cache" in said
+    assert again["boundaries"] == first["boundaries"] and again["rounds"] != []

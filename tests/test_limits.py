@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -84,9 +83,7 @@ def _detail(response: httpx.Response) -> str:
 )
 @pytest.mark.fast
 def test_over_a_bound_is_422_naming_it(app: AppClient, spec: dict, named: list[str]) -> None:
-    started = time.perf_counter()
     response = app.post("/v1/jobs", json=spec)
-    assert time.perf_counter() - started < 2.0  # nothing huge was built
     assert response.status_code == 422, response.text
     for words in named:
         assert words in _detail(response)

@@ -17,12 +17,12 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init, worker_ready
 
 from bo_engine.plan import Batch, plan_batches
-from bo_engine.results import summary_rows
 from bo_engine.spec import JobSpec
-from jobmodel import events, logs
+from jobmodel import events
 from jobmodel.queue import PLAN_JOB, RUN_BATCH
 from jobmodel.store import JobStore
 from worker import heartbeat, reaper  # noqa: F401  (connect their signals in worker processes)
+from worker.batch import BatchRun
 from worker.celery_app import celery_app, settings
 from worker.lease import Lease, leased
 
@@ -94,21 +94,6 @@ def _plan(job_id: str) -> None:
         celery_app.send_task(RUN_BATCH, args=[job_id, batch.index], queue=job.queue)
 
 
-class _Throttle:
-    """Lets a call through at most once per `interval` seconds (the first always passes)."""
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self.last = float("-inf")
-
-    def ready(self) -> bool:
-        now = time.monotonic()
-        if now - self.last < self.interval:
-            return False
-        self.last = now
-        return True
-
-
 @celery_app.task(name=RUN_BATCH)
 def run_batch(job_id: str, batch_index: int) -> None:
     """Train one batch; write progress, each cell as it finishes, and the job's end state."""
@@ -119,9 +104,7 @@ def run_batch(job_id: str, batch_index: int) -> None:
 
 
 def _run_batch(job_id: str, batch_index: int, lease: Lease) -> None:
-    from bo_engine import runner  # torch: imported in worker processes only
-
-    jobs, config = store(), settings()
+    jobs = store()
     job = jobs.get(job_id)
     if job is None or job.terminal:
         return
@@ -132,81 +115,53 @@ def _run_batch(job_id: str, batch_index: int, lease: Lease) -> None:
     loaded = _load(job_id)
     assert loaded is not None
     spec, batches = loaded
-    batch = batches[batch_index]
+    work = BatchRun(jobs, settings(), job, spec, batches[batch_index], lease)
     if jobs.mark_running(job_id):
         jobs.emit(job_id, events.STATUS, {"status": "running"})
-    logs.event("batch.started", job_id=job_id, owner=job.owner, batch=batch_index, runs=batch.runs)
+    work.log("batch.started", runs=work.batch.runs)
+    engine = _train(work)
+    if engine is not None:
+        _finish(work, engine)
 
-    runs_done = 0
-    progress_gate = _Throttle(config.progress_interval_s)
-    stopping = False
 
-    def on_runs_done(k: int) -> None:
-        nonlocal runs_done
-        runs_done += k
-        if progress_gate.ready():
-            report_progress(runs_done)
+def _train(work: BatchRun) -> dict[str, Any] | None:
+    """Train the batch; its engine facts, or None when it stopped (cancel, time limit, error:
+    the job's state says why)."""
+    from bo_engine import runner  # torch: imported in worker processes only
 
-    def report_progress(runs: int) -> None:
-        jobs.set_batch_progress(job_id, batch_index, runs)
-        total = jobs.progress(job_id).runs_done  # over all batches of the job
-        jobs.emit(job_id, events.PROGRESS, events.progress_data(total, job.runs_total))
-
-    def on_cell_done(cell: dict[str, Any]) -> None:
-        row = summary_rows([cell])[0]
-        seconds = time.perf_counter() - started
-        jobs.cell_done(job_id, job.queue, cell, row, seconds)
-        # Last: the engine reports the runs' progress right after this callback, and a status
-        # read in between should not see the cell with no runs done yet.
-        jobs.put_cell(job_id, cell, row)
-
-    def should_cancel() -> bool:
-        """The engine asks at most every BOLAB_CANCEL_POLL_INTERVAL_S: the one throttle."""
-        nonlocal stopping
-        if lease.overdue.is_set():
-            return True
-        stopping = stopping or jobs.stop_requested(job_id)
-        return stopping
-
-    started = time.perf_counter()
+    jobs, job_id, index = work.jobs, work.job.id, work.batch.index
     try:
-        device = runner.resolve_device(spec.device)  # CUDA is first touched here, in the task
-        runner.batch_cells(
-            spec,
-            batch,
-            device=device,
-            on_runs_done=on_runs_done,
-            on_cell_done=on_cell_done,
-            should_cancel=should_cancel,
-            cancel_poll_seconds=config.cancel_poll_interval_s,
-        )
+        device = runner.resolve_device(work.spec.device)  # CUDA is first touched here
+        work.train(runner, device)
     except (runner.Cancelled, SoftTimeLimitExceeded) as exc:
-        jobs.set_batch_progress(job_id, batch_index, runs_done)
-        if lease.overdue.is_set() or isinstance(exc, SoftTimeLimitExceeded):
-            limit = config.batch_time_limit_s
-            jobs.mark_failed(job_id, f"batch {batch_index} ran over its time limit of {limit:g} s")
-        return
+        jobs.set_batch_progress(job_id, index, work.runs_done)
+        if work.lease.overdue.is_set() or isinstance(exc, SoftTimeLimitExceeded):
+            limit = work.config.batch_time_limit_s
+            jobs.mark_failed(job_id, f"batch {index} ran over its time limit of {limit:g} s")
+        return None
     except redis.RedisError:
         # The store, not the job, failed (Redis restarting): leave the batch to a redelivery
         # (unacked message or the reaper) instead of failing a healthy job.
-        log.warning("job %s batch %s: Redis unavailable, left for redelivery", job_id, batch_index)
+        log.warning("job %s batch %s: Redis unavailable, left for redelivery", job_id, index)
         raise
     except Exception as exc:  # the job fails with the reason; the worker lives on
-        log.exception("job %s batch %s failed", job_id, batch_index)
-        jobs.mark_failed(job_id, f"batch {batch_index}: {type(exc).__name__}: {exc}")
-        return
+        log.exception("job %s batch %s failed", job_id, index)
+        jobs.mark_failed(job_id, f"batch {index}: {type(exc).__name__}: {exc}")
+        return None
     finally:
         # Training time of every batch, finished or not: GD steps per second divide by it.
-        wall = time.perf_counter() - started
-        jobs.count("train_seconds_total", {"queue": job.queue}, float(wall))
-        logs.event(
-            "batch.ended", job_id=job_id, owner=job.owner, batch=batch_index, seconds=round(wall, 3)
-        )
-    engine = runner.engine_info(device, spec.dtype, wall)
-    last = jobs.finish_batch(job_id, batch_index, batch.runs, wall, engine=engine)
-    report_progress(batch.runs)
+        wall = time.perf_counter() - work.started
+        jobs.count("train_seconds_total", {"queue": work.job.queue}, float(wall))
+        work.log("batch.ended", seconds=round(wall, 3))
+    return runner.engine_info(device, work.spec.dtype, wall)
+
+
+def _finish(work: BatchRun, engine: dict[str, Any]) -> None:
+    """Record the batch done; the worker that finishes the last batch closes the job (the
+    transition is atomic, so a re-delivered duplicate cannot close it twice). Should this
+    process die first, the reaper closes the job from what finish_batch stored."""
+    jobs, job_id, batch = work.jobs, work.job.id, work.batch
+    last = jobs.finish_batch(job_id, batch.index, batch.runs, engine["wall_seconds"], engine)
+    work.report_progress(batch.runs)
     if last:
-        # The worker that finishes the last batch closes the job; the transition is atomic,
-        # so a re-delivered duplicate cannot close it twice. Should this process die first,
-        # the reaper closes the job from what finish_batch stored.
         jobs.close_if_done(job_id)

@@ -10,10 +10,12 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi.exceptions import RequestValidationError
 
 from bo_engine.plan import assemble_result
 from bo_engine.results import cells_to_csv
 from bo_engine.spec import JobSpec
+from jobmodel import runcache
 from jobmodel.queue import queue_for
 from jobmodel.settings import Settings
 from jobmodel.store import (
@@ -29,7 +31,7 @@ from service.auth import AUTH_RESPONSES, Caller, CallerDep
 from service.capacity import RendersDep, render
 from service.deps import QueueDep, SettingsDep, StoreDep
 from service.errors import Conflict, JobNotFound, TooManyJobs, Unavailable
-from service.limits import bounded_spec, require_json
+from service.limits import bounded_spec, over_work, require_json
 from service.schemas import (
     ErrorBody,
     JobAccepted,
@@ -86,19 +88,37 @@ def _job(store: JobStore, job_id: str, caller: Caller) -> JobRecord:
     return job
 
 
-def _result(store: JobStore, job: JobRecord, partial: bool = False) -> dict[str, Any]:
+def _result(
+    store: JobStore, job: JobRecord, caller: Caller, partial: bool = False
+) -> dict[str, Any]:
     """Succeeded jobs have full results; cancelled or failed ones keep the cells they finished;
     with `partial`, so does a running job (the live plot of the web page)."""
     done = job.terminal or partial
     if job.status == JobStatus.succeeded or (done and store.has_cells(job.id)):
         spec = JobSpec.model_validate(job.spec)
-        return assemble_result(spec, store.cells(job.id), job.engine)
+        cells = _visible_sources(store, store.cells(job.id), caller, job.id)
+        return assemble_result(spec, cells, job.engine)
     if job.terminal:
         raise Conflict(f"job {job.id} is {job.status.value} and finished no cell")
     raise Conflict(
         f"job {job.id} is {job.status.value}; results appear when it finishes "
         f"(finished cells are already summarised in GET /v1/jobs/{job.id})"
     )
+
+
+def _visible_sources(
+    store: JobStore, cells: list[dict[str, Any]], caller: Caller, job_id: str
+) -> list[dict[str, Any]]:
+    """Each run's `source_job` as the caller may know it: null when that job is another
+    owner's (an admin sees all) or is gone."""
+    runs = [run for cell in cells for run in cell["runs"]]
+    others = sorted({r["source_job"] for r in runs if r.get("source_job") not in (None, job_id)})
+    owners = store.owners(others) if others else {}
+    hidden = {j for j, owner in owners.items() if owner is None or not caller.may_see(owner)}
+    for run in runs:
+        if run.get("source_job") in hidden:
+            run["source_job"] = None
+    return cells
 
 
 SUBMIT: dict[str, Any] = dict(
@@ -179,6 +199,7 @@ def submit_job(
 ) -> JobAccepted:
     if notify_url is not None:
         webhook_targets.check_url(notify_url, settings)
+    _charge_runs_to_train(spec, store, caller, settings)
     # Only the fields the user set: re-validating the stored spec gives the same cells.
     body = spec.model_dump(mode="json", exclude_unset=True)
     idem = None
@@ -218,6 +239,20 @@ def submit_job(
             store.forget_idempotency(caller.owner, idem[0])
         raise Unavailable("task broker unavailable; the job was not queued") from exc
     return _accepted(job, job.id, response)
+
+
+def _charge_runs_to_train(
+    spec: JobSpec, store: JobStore, caller: Caller, settings: Settings
+) -> None:
+    """The max_cost bound on the runs the job will train: runs the cache holds are free. The
+    cache is read only for a job that is over the bound on all of its runs."""
+    problems = over_work(spec, settings)
+    if problems:
+        cached = runcache.cached_per_cell(store.redis, spec, caller.owner, settings)
+        problems = over_work(spec, settings, cached) if cached else problems
+    if problems:
+        error = {"type": "value_error", "loc": ("body",), "msg": f"Value error, {problems[0]}"}
+        raise RequestValidationError([{**error, "input": None}])
 
 
 def _accepted(job: JobRecord | None, job_id: str, response: Response) -> JobAccepted:
@@ -289,7 +324,7 @@ async def get_results(
 
 
 def _results_response(store: JobStore, job_id: str, caller: Caller, format: str) -> Response:
-    result = _result(store, _job(store, job_id, caller))
+    result = _result(store, _job(store, job_id, caller), caller)
     if format == "csv":
         return Response(cells_to_csv(result["cells"]), media_type="text/csv")
     return _result_json(result)
@@ -339,7 +374,7 @@ async def get_plot(
 def _plot_response(
     store: JobStore, job_id: str, caller: Caller, kind: str, partial: bool
 ) -> Response:
-    result = _result(store, _job(store, job_id, caller), partial)
+    result = _result(store, _job(store, job_id, caller), caller, partial)
     from bo_engine.plots import figure_png  # matplotlib: loaded on the first plot only
 
     with _plot_lock:
