@@ -96,13 +96,10 @@ def batch_cells(
     for i in completes:  # cells with nothing to train are in at once
         close_if_complete(i)
     setups = [RunSetup(cell_index=i, cell=spec.cells[i], seed=seed) for i, seed in to_train]
-    cancelled = bool(setups) and train_batch(
+    cancelled = bool(setups) and _train(
+        spec,
         setups,
         device=device,
-        dtype=getattr(torch, spec.dtype),
-        record_every=spec.record_every,
-        max_margin_baseline=spec.max_margin_baseline,
-        theory=spec.theory,
         on_run_done=finished,
         on_runs_done=on_runs_done,
         should_cancel=should_cancel,
@@ -111,6 +108,20 @@ def batch_cells(
     if cancelled:
         raise Cancelled(f"batch {batch.index} cancelled")
     return [cells[i] for i in batch.cell_indices if i in cells]
+
+
+def _train(spec: JobSpec, setups: list[RunSetup], *, device: torch.device, **calls: Any) -> bool:
+    """`train_batch` under the spec's per-job settings (dtype, trajectory, baseline, theory);
+    `calls` are its callbacks. True if cancelled."""
+    return train_batch(
+        setups,
+        device=device,
+        dtype=getattr(torch, spec.dtype),
+        record_every=spec.record_every,
+        max_margin_baseline=spec.max_margin_baseline,
+        theory=spec.theory,
+        **calls,
+    )
 
 
 def _slots(spec: JobSpec, cell_index: int) -> list[Slot]:
@@ -220,16 +231,8 @@ def train_requests(
             groups.setdefault(setup.cell.shape_key(), []).append(setup)
     for group in groups.values():
         for start in range(0, len(group), MAX_RUNS_PER_BATCH):
-            train_batch(
-                group[start : start + MAX_RUNS_PER_BATCH],
-                device=device,
-                dtype=getattr(torch, spec.dtype),
-                record_every=spec.record_every,
-                max_margin_baseline=spec.max_margin_baseline,
-                theory=spec.theory,
-                on_run_done=finished,
-                on_runs_done=on_runs_done,
-            )
+            batch = group[start : start + MAX_RUNS_PER_BATCH]
+            _train(spec, batch, device=device, on_run_done=finished, on_runs_done=on_runs_done)
     return [sorted(r, key=lambda run: run["seed"]) for r in runs]
 
 
