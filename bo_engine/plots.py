@@ -1,4 +1,5 @@
-"""Figures of a result: a heatmap for a two-axis sweep, curves for a one-axis sweep.
+"""Figures of a result: a heatmap for a two-axis sweep, curves for a one-axis sweep, and the
+boundaries a refine search found (log-log, with the fitted power law and the theory's slope).
 
 Figures are built as plain `matplotlib.figure.Figure` objects, never through pyplot, so no
 global figure registry holds them (a long-running API draws many) and no display is needed.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -36,7 +38,7 @@ CANDIDATE_AXES = (
 )
 METRIC = "test_error"
 MAX_LINES = 6
-PlotKind = Literal["auto", "heatmap", "lines"]
+PlotKind = Literal["auto", "heatmap", "lines", "boundary"]
 # Test errors of 0 cannot sit on a log scale: they are drawn at this floor.
 LOG_FLOOR = 1e-3
 
@@ -133,12 +135,68 @@ def curves(result: dict[str, Any], x: str, line: str | None) -> Figure:
     return fig
 
 
+def boundary_axis(result: dict[str, Any]) -> str:
+    """The line axis to draw boundaries against: the fit's, else the first that varies."""
+    if result.get("scaling"):
+        return result["scaling"]["axis"]
+    lines = [b["line"] for b in result["boundaries"]]
+    varying = [a for a in lines[0] if len({ln[a] for ln in lines}) > 1]
+    if not varying:
+        raise ValueError("the boundaries' lines do not differ in any axis")
+    return varying[0]
+
+
+def boundary_plot(result: dict[str, Any]) -> Figure:
+    """Each line's boundary estimate with its 95 % interval against the line axis, log-log;
+    the fitted power law and, through the fit's middle, a line of the theory's slope."""
+    if not result.get("boundaries"):
+        raise ValueError("the result has no boundaries to draw (no refine section)")
+    axis, fit = boundary_axis(result), result.get("scaling")
+    found = [b for b in result["boundaries"] if b["estimate"] is not None]
+    if not found:
+        raise ValueError("no line found a crossing")
+    xs = np.array([float(b["line"][axis]) for b in found])
+    ys = np.array([b["estimate"] for b in found])
+    lows = np.array([b["ci95"][0] if b["ci95"] else y for b, y in zip(found, ys, strict=True)])
+    highs = np.array([b["ci95"][1] if b["ci95"] else y for b, y in zip(found, ys, strict=True)])
+    fig = Figure(figsize=(6.4, 4.2), dpi=110)
+    ax = fig.subplots()
+    ax.errorbar(xs, ys, yerr=[ys - lows, highs - ys], fmt="o", capsize=3, label="boundary (95 %)")
+    span = np.geomspace(xs.min(), xs.max(), 50)
+    if fit:
+        ax.plot(span, fit["constant"] * span ** fit["exponent"], label=_fit_label(fit))
+        if fit["theory_exponent"] is not None:
+            middle = math.exp(np.log(xs).mean())
+            through = fit["constant"] * middle ** fit["exponent"]
+            theory = through * (span / middle) ** fit["theory_exponent"]
+            ax.plot(span, theory, "--", label=f"theory slope {fit['theory_exponent']:+g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(_label(axis))
+    refine = result.get("refine") or {}
+    crossing = f"mean {refine['metric']} = {refine['level']:g}" if refine else "the crossing"
+    ax.set_ylabel(f"{_label(refine.get('axis', 'boundary'))} where {crossing}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def _fit_label(fit: dict[str, Any]) -> str:
+    interval = fit.get("exponent_ci95")
+    around = f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else ""
+    return f"fit: exponent {fit['exponent']:.2f}{around}"
+
+
 def plot_result(result: dict[str, Any], kind: PlotKind = "auto") -> Figure:
     """A heatmap or curves of the mean test error over the swept axes.
 
     `auto` draws a heatmap when two axes are swept and the second has more values than make
     readable lines (MAX_LINES), else curves over the first axis, one line per second-axis value.
+    `boundary` draws a refine result's boundaries (`boundary_plot`).
     """
+    if kind == "boundary":
+        return boundary_plot(result)
     if not result.get("cells"):
         raise ValueError("the result has no cells to draw")
     axes = plot_axes(result)

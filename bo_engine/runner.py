@@ -13,9 +13,19 @@ from typing import Any
 import torch
 
 import bo_engine
-from bo_engine.plan import Batch, assemble_result, plan_batches
+from bo_engine.adaptive import Request, adaptive_summary, add_runs, plan_round
+from bo_engine.plan import MAX_RUNS_PER_BATCH, Batch, assemble_result, plan_batches
 from bo_engine.results import summarize_cell
-from bo_engine.runcache import RunRef, RunStore, cacheable, run_refs, served, stored
+from bo_engine.runcache import (
+    RunRef,
+    RunStore,
+    cacheable,
+    run_key,
+    run_refs,
+    served,
+    stored,
+    training_path,
+)
 from bo_engine.spec import JobSpec
 from bo_engine.train import RunSetup, train_batch
 
@@ -86,13 +96,10 @@ def batch_cells(
     for i in completes:  # cells with nothing to train are in at once
         close_if_complete(i)
     setups = [RunSetup(cell_index=i, cell=spec.cells[i], seed=seed) for i, seed in to_train]
-    cancelled = bool(setups) and train_batch(
+    cancelled = bool(setups) and _train(
+        spec,
         setups,
         device=device,
-        dtype=getattr(torch, spec.dtype),
-        record_every=spec.record_every,
-        max_margin_baseline=spec.max_margin_baseline,
-        theory=spec.theory,
         on_run_done=finished,
         on_runs_done=on_runs_done,
         should_cancel=should_cancel,
@@ -101,6 +108,20 @@ def batch_cells(
     if cancelled:
         raise Cancelled(f"batch {batch.index} cancelled")
     return [cells[i] for i in batch.cell_indices if i in cells]
+
+
+def _train(spec: JobSpec, setups: list[RunSetup], *, device: torch.device, **calls: Any) -> bool:
+    """`train_batch` under the spec's per-job settings (dtype, trajectory, baseline, theory);
+    `calls` are its callbacks. True if cancelled."""
+    return train_batch(
+        setups,
+        device=device,
+        dtype=getattr(torch, spec.dtype),
+        record_every=spec.record_every,
+        max_margin_baseline=spec.max_margin_baseline,
+        theory=spec.theory,
+        **calls,
+    )
 
 
 def _slots(spec: JobSpec, cell_index: int) -> list[Slot]:
@@ -128,7 +149,10 @@ def run_spec(
 ) -> dict[str, Any]:
     """Run a whole spec in this process (the `bolab run --local` path). With a `cache` (and
     `spec.cache` on), runs it holds are served from it and only the others train; every run
-    trained to its stop is written to it."""
+    trained to its stop is written to it. An adaptive spec runs round by round
+    (`run_adaptive`)."""
+    if spec.is_adaptive:
+        return run_adaptive(spec, device=device, cache=cache, on_runs_done=on_runs_done)
     started = time.perf_counter()
     device = device or resolve_device(spec.device)
     cells: list[dict[str, Any]] = []
@@ -168,3 +192,93 @@ def _cache_writer(refs: list[RunRef], cache: RunStore) -> Callable[[Slot, dict[s
             cache.put(key_of[slot], stored(run))
 
     return write
+
+
+def train_requests(
+    spec: JobSpec,
+    requests: list[Request],
+    *,
+    device: torch.device,
+    cache: RunStore | None = None,
+    on_runs_done: Callable[[int], None] | None = None,
+) -> list[list[dict[str, Any]]]:
+    """The runs of each request, in request order, sorted by seed: served from `cache` where it
+    holds them (and `spec.cache` is on), the others trained (one shape key at a time, in
+    batches of at most MAX_RUNS_PER_BATCH runs) and written to it."""
+    setups = [
+        RunSetup(cell_index=i, cell=r.cell, seed=r.cell.seed + k)
+        for i, r in enumerate(requests)
+        for k in range(r.cell.seeds)
+    ]
+    keys = {(s.cell_index, s.seed): _run_key(spec, s, device) for s in setups} if cache else {}
+    found = cache.get_many(list(keys.values())) if cache and spec.cache else {}
+    runs: list[list[dict[str, Any]]] = [[] for _ in requests]
+    for setup in setups:
+        if keys.get((setup.cell_index, setup.seed)) in found:
+            run = found[keys[(setup.cell_index, setup.seed)]]
+            runs[setup.cell_index].append(served(run, setup.cell, spec, None))
+    if found and on_runs_done:
+        on_runs_done(sum(map(len, runs)))
+
+    def finished(setup: RunSetup, run: dict[str, Any]) -> None:
+        runs[setup.cell_index].append({**run, "cached": False, "source_job": None})
+        if cache and cacheable(run):
+            cache.put(keys[(setup.cell_index, setup.seed)], stored(run))
+
+    groups: dict[tuple[Any, ...], list[RunSetup]] = {}
+    for setup in setups:
+        if keys.get((setup.cell_index, setup.seed)) not in found:
+            groups.setdefault(setup.cell.shape_key(), []).append(setup)
+    for group in groups.values():
+        for start in range(0, len(group), MAX_RUNS_PER_BATCH):
+            batch = group[start : start + MAX_RUNS_PER_BATCH]
+            _train(spec, batch, device=device, on_run_done=finished, on_runs_done=on_runs_done)
+    return [sorted(r, key=lambda run: run["seed"]) for r in runs]
+
+
+def _run_key(spec: JobSpec, setup: RunSetup, device: torch.device) -> str:
+    return run_key(
+        setup.cell,
+        setup.seed,
+        dtype=spec.dtype,
+        path=training_path(setup.cell, device.type),
+        record_every=spec.record_every,
+        max_margin_baseline=spec.max_margin_baseline,
+    )
+
+
+def run_adaptive(
+    spec: JobSpec,
+    *,
+    device: torch.device | None = None,
+    cache: RunStore | None = None,
+    on_runs_done: Callable[[int], None] | None = None,
+    on_round: Callable[[int, list[Request]], None] | None = None,
+) -> dict[str, Any]:
+    """Run an adaptive spec in this process: plan a round from the cells so far
+    (`bo_engine.adaptive.plan_round`), train it (`train_requests`, through `cache` if given),
+    store its runs, until the plan is empty. `on_round(k, requests)` is told each round before
+    it trains. The result adds `rounds` (cells and runs each round asked for) and, with a refine
+    section, `refine`, `boundaries` and `scaling`."""
+    started = time.perf_counter()
+    device = device or resolve_device(spec.device)
+    cells: list[dict[str, Any]] = []
+    rounds: list[dict[str, Any]] = []
+    while requests := plan_round(spec, cells):
+        if on_round:
+            on_round(len(rounds), requests)
+        round_started = time.perf_counter()
+        trained = train_requests(
+            spec, requests, device=device, cache=cache, on_runs_done=on_runs_done
+        )
+        for request, runs in zip(requests, trained, strict=True):
+            cells = add_runs(spec, cells, request, runs)
+        rounds.append({
+            "round": len(rounds),
+            "cells": len(requests),
+            "runs": sum(r.cell.seeds for r in requests),
+            "wall_seconds": time.perf_counter() - round_started,
+        })  # fmt: skip
+    engine = engine_info(device, spec.dtype, time.perf_counter() - started)
+    result = assemble_result(spec, cells, engine)
+    return {**result, "rounds": rounds, **adaptive_summary(spec, cells)}

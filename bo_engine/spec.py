@@ -51,6 +51,96 @@ GRID_AXES = CELL_AXES + DERIVED_AXES
 
 GridValue = Annotated[int | float | str, Field(union_mode="left_to_right")]
 
+# Axes a boundary search may move along: the numeric per-cell fields and the two derived ones.
+REFINE_AXES = tuple(a for a in CELL_AXES if a not in ("stop", "seeds", "seed")) + DERIVED_AXES
+# Of those, the ones that take whole numbers (a planned point is rounded; width to an even one).
+INTEGER_AXES = ("n", "d", "width", "num_corrupt", "max_steps", "n_test")
+
+
+def _known_metric(metric: str) -> str:
+    from bo_engine.results import RUN_METRICS  # results imports this module: import when used
+
+    if metric not in RUN_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; metrics: {', '.join(RUN_METRICS)}")
+    return metric
+
+
+class SeedsTarget(BaseModel):
+    """When a cell has seeds enough: the 95 % interval of the mean of `metric` is this narrow."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    metric: str = Field("test_error", description="a run metric, e.g. test_error")
+    ci95_halfwidth: float = Field(gt=0, description="target half-width of the t 95 % interval")
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, metric: str) -> str:
+        return _known_metric(metric)
+
+
+class SeedsPolicy(BaseModel):
+    """Seeds to a target: a cell starts with `min` seeds and gets more, round by round, until
+    its interval meets `target` or it has `max` seeds. New seeds are the next seed numbers."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    min: int = Field(5, ge=2, description="seeds every cell starts with (2 or more: an interval)")
+    max: int = Field(200, ge=2, description="most seeds a cell may get")
+    target: SeedsTarget
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> SeedsPolicy:
+        if self.min > self.max:
+            raise ValueError(f"seeds.min ({self.min}) must be <= seeds.max ({self.max})")
+        return self
+
+
+class RefineSpec(BaseModel):
+    """Boundary search: on every line (combination of grid axis values), place cells along
+    `axis` within `range` until the crossing of the cell mean of `metric` through `level` is
+    known to within `rel_tolerance` of its value (95 % interval), or the line has
+    `max_cells_per_line` cells."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    axis: str = Field(description=f"the axis to search along; one of {', '.join(REFINE_AXES)}")
+    range: tuple[float, float] = Field(description="[lo, hi], lo < hi: where to search")
+    scale: Literal["linear", "log"] = Field("log", description="cells are placed evenly in this")
+    metric: str = Field("test_error", description="the run metric whose cell mean crosses level")
+    level: float = Field(0.1, description="the level whose crossing is sought")
+    rel_tolerance: float = Field(
+        0.1, gt=0, description="done when the crossing's 95 % interval is narrower than this "
+        "times the estimate"
+    )
+    max_cells_per_line: int = Field(24, ge=3, description="most cells a line may use")
+
+    @field_validator("axis")
+    @classmethod
+    def _refine_axis(cls, axis: str) -> str:
+        if axis not in REFINE_AXES:
+            raise ValueError(f"unknown axis {axis!r}; allowed axes: {', '.join(REFINE_AXES)}")
+        return axis
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, metric: str) -> str:
+        return _known_metric(metric)
+
+    @field_validator("range")
+    @classmethod
+    def _range(cls, bounds: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = bounds
+        if not lo < hi:
+            raise ValueError(f"range must be [lo, hi] with lo < hi (got [{lo}, {hi}])")
+        return bounds
+
+    @model_validator(mode="after")
+    def _log_positive(self) -> RefineSpec:
+        if self.scale == "log" and self.range[0] <= 0:
+            raise ValueError(f"refine.range: a log scale needs lo > 0 (got {self.range[0]})")
+        return self
+
 
 class TheoryRule(BaseModel):
     """Constants of the regime rule read off the paper's theorems (all orders of magnitude).
@@ -174,7 +264,12 @@ class JobSpec(BaseModel):
     stop: StopRule = "zero_train_error"
     max_steps: int = Field(100_000, ge=1)
     n_test: int = Field(1000, ge=1, description="fresh clean-label test points per run")
-    seeds: int = Field(1, ge=1, description="runs per cell")
+    seeds: Annotated[int, Field(ge=1)] | SeedsPolicy = Field(
+        1,
+        union_mode="left_to_right",
+        description="runs per cell, or seeds to a target: {min, max, target: {metric, "
+        "ci95_halfwidth}}",
+    )
     seed: int = Field(0, ge=0, description="base seed; runs use seed, seed+1, ...")
     device: Device = "auto"
     dtype: DType = "float32"
@@ -189,6 +284,9 @@ class JobSpec(BaseModel):
         "every run (timing, verification)",
     )
     theory: TheoryRule = Field(default_factory=TheoryRule)
+    refine: RefineSpec | None = Field(
+        None, description="boundary search along one axis, on every line of the grid"
+    )
 
     @field_validator("width")
     @classmethod
@@ -237,9 +335,38 @@ class JobSpec(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _adaptive_fits(self) -> JobSpec:
+        grid = self.grid or {}
+        if isinstance(self.seeds, SeedsPolicy) and "seeds" in grid:
+            raise ValueError("grid.seeds: seeds is a policy here ({min, max, target}); not an axis")
+        if self.refine is None:
+            return self
+        axis = self.refine.axis
+        clash = {axis} | {"d_over_n": {"d"}, "d": {"d_over_n"}, "gamma_times_n": {"gamma"},
+                          "gamma": {"gamma_times_n"}}.get(axis, set())
+        if clash & set(grid):
+            raise ValueError(f"refine.axis: {axis!r} is also a grid axis; sweep it one way only")
+        if self.seeds == 1:
+            raise ValueError("seeds: a boundary search needs 2 or more seeds per cell (intervals)")
+        return self
+
+    @model_validator(mode="after")
     def _cells_resolve(self) -> JobSpec:
         _ = self.cells  # every cell must be valid at submission, not when a worker picks it up
         return self
+
+    @property
+    def is_adaptive(self) -> bool:
+        """Whether cells or seeds are chosen round by round (a refine section or a seeds
+        policy), rather than all known at submission."""
+        return self.refine is not None or isinstance(self.seeds, SeedsPolicy)
+
+    @property
+    def lines(self) -> list[dict[str, GridValue]]:
+        """Every combination of the grid axes' values, in grid order (one point if no grid)."""
+        grid = self.grid or {}
+        combos = itertools.product(*grid.values()) if grid else [()]
+        return [dict(zip(grid, combo, strict=True)) for combo in combos]
 
     @property
     def axes(self) -> list[str]:
@@ -247,18 +374,43 @@ class JobSpec(BaseModel):
 
     @cached_property
     def cells(self) -> list[Cell]:
-        """The cartesian product of the grid axes, in axis order, every parameter resolved."""
-        grid = self.grid or {}
-        combos = itertools.product(*grid.values()) if grid else [()]
-        return [_resolve_cell(self, dict(zip(grid, combo, strict=True))) for combo in combos]
+        """The cartesian product of the grid axes, in axis order, every parameter resolved.
+
+        With a refine section: every line at both ends of the range (where each line's search
+        starts). With a seeds policy, a cell's `seeds` is the policy's `max` (the bound)."""
+        if self.refine is None:
+            return [resolve_cell(self, line) for line in self.lines]
+        axis, ends = self.refine.axis, self.refine.range
+        return [
+            resolve_cell(self, {**line, axis: snap(axis, x, line, self)})
+            for line in self.lines
+            for x in ends
+        ]
 
     @property
     def runs_total(self) -> int:
         return sum(cell.seeds for cell in self.cells)
 
 
-def _resolve_cell(spec: JobSpec, point: dict[str, Any]) -> Cell:
+def snap(axis: str, x: float, line: dict[str, Any], spec: JobSpec) -> float | int:
+    """The nearest value of `axis` to `x` that a cell can take: a whole number on an integer
+    axis (an even one for width), a multiple of 1/n for d_over_n (d is whole)."""
+    if axis == "width":
+        return max(2, 2 * round(x / 2))
+    if axis in INTEGER_AXES:
+        return max(1, round(x))
+    if axis == "d_over_n":
+        n = line.get("n", spec.n)
+        return max(1, round(x * n)) / n if isinstance(n, int) else x
+    return x
+
+
+def resolve_cell(spec: JobSpec, point: dict[str, Any]) -> Cell:
+    """The cell of `spec` at `point` (axis -> value, derived axes allowed), every parameter
+    resolved; ValueError naming the field if a value is out of range."""
     base = spec.model_dump(include=set(CELL_AXES))
+    if isinstance(spec.seeds, SeedsPolicy):
+        base["seeds"] = spec.seeds.max
     if "num_corrupt" in point or spec.num_corrupt is not None:
         base["corruption_rate"] = None
     values = {**base, **{k: v for k, v in point.items() if k in CELL_AXES}}

@@ -149,7 +149,6 @@ def local_estimate(spec: JobSpec, cache_dir: Path | None = None) -> dict[str, An
 
 
 def _run_here(spec: JobSpec, cache_dir: Path | None = None) -> dict[str, Any]:
-    from bo_engine.runner import run_spec
     from bolab.local_cache import DirCache
 
     columns = (
@@ -159,22 +158,40 @@ def _run_here(spec: JobSpec, cache_dir: Path | None = None) -> dict[str, Any]:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    cells = len(spec.cells)
     with Progress(*columns, console=err, transient=True) as bar:
-        task = bar.add_task(f"training {cells} cell(s)", total=spec.runs_total)
         try:
             cache = DirCache(cache_dir) if cache_dir is not None else None
-            result = run_spec(spec, cache=cache, on_runs_done=lambda k: bar.advance(task, k))
+            result = _train_with_bar(spec, cache, bar)
         except RuntimeError as exc:  # e.g. cuda asked for where there is none
             err.print(f"[red]cannot run[/]: {exc}")
             raise typer.Exit(1) from None
     engine = result["engine"]
-    cached = sum(run.get("cached", False) for cell in result["cells"] for run in cell["runs"])
+    runs = [run for cell in result["cells"] for run in cell["runs"]]
+    cached = sum(run.get("cached", False) for run in runs)
+    rounds = f" over {len(result['rounds'])} round(s)" if "rounds" in result else ""
     err.print(
-        f"{spec.runs_total} runs in {cells} cells ({cached} from the cache), "
+        f"{len(runs)} runs in {len(result['cells'])} cells{rounds} ({cached} from the cache), "
         f"{engine['wall_seconds']:.1f} s on {engine['device']} ({engine['dtype']})"
     )
     return result
+
+
+def _train_with_bar(spec: JobSpec, cache: Any, bar: Progress) -> dict[str, Any]:
+    """Train the spec, advancing the bar; an adaptive spec's bar counts each round's runs."""
+    from bo_engine.runner import run_adaptive, run_spec
+
+    if not spec.is_adaptive:
+        task = bar.add_task(f"training {len(spec.cells)} cell(s)", total=spec.runs_total)
+        return run_spec(spec, cache=cache, on_runs_done=lambda k: bar.advance(task, k))
+    task = bar.add_task("round 0", total=0)
+
+    def next_round(k: int, requests: list[Any]) -> None:
+        runs = sum(r.cell.seeds for r in requests)
+        bar.reset(task, total=runs, description=f"round {k}: {len(requests)} cell(s)")
+
+    return run_adaptive(
+        spec, cache=cache, on_runs_done=lambda k: bar.advance(task, k), on_round=next_round
+    )
 
 
 def _run_on_service(spec: JobSpec) -> dict[str, Any]:
@@ -195,13 +212,17 @@ def plot(
         Path, typer.Argument(exists=True, dir_okay=False, help="result JSON from `bolab run`")
     ],
     out_file: Annotated[Path, typer.Option("--out", help="PNG file to write")] = Path("fig.png"),
-    kind: Annotated[str, typer.Option(help="auto, heatmap or lines")] = "auto",
+    kind: Annotated[
+        str, typer.Option(help="auto, heatmap, lines or boundary (a refine result's crossings)")
+    ] = "auto",
 ) -> None:
-    """Draw a result: a heatmap (log colour) for a two-axis grid, curves for one axis."""
+    """Draw a result: a heatmap (log colour) for a two-axis grid, curves for one axis, or the
+    boundaries a refine search found against the line axis (log-log, with the fitted power law
+    and the theory's slope)."""
     from bo_engine.plots import figure_png
 
-    if kind not in ("auto", "heatmap", "lines"):
-        raise typer.BadParameter("auto, heatmap or lines", param_hint="--kind")
+    if kind not in ("auto", "heatmap", "lines", "boundary"):
+        raise typer.BadParameter("auto, heatmap, lines or boundary", param_hint="--kind")
     try:
         result = json.loads(result_file.read_text())
         png = figure_png(result, kind)  # type: ignore[arg-type]

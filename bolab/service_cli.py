@@ -82,8 +82,13 @@ def estimate_table(found: dict[str, Any]) -> Table:
 
 
 def summary_table(job: Job) -> Table:
-    """One row per finished cell: the swept axes (or n, d, gamma), then the key metrics."""
-    axes = list((job.get("spec") or {}).get("grid") or {}) or ["n", "d", "gamma"]
+    """One row per finished cell: the swept axes (or n, d, gamma) and a refine search's axis,
+    then the key metrics."""
+    spec = job.get("spec") or {}
+    axes = list(spec.get("grid") or {}) or ["n", "d", "gamma"]
+    refine = spec.get("refine")
+    if refine and refine["axis"] not in axes:
+        axes.append(refine["axis"])
     table = Table(title=f"job {job['id']}: {job['status']}")
     for axis in axes:
         table.add_column(axis, justify="right")

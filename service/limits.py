@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BeforeValidator
+from pydantic import AfterValidator, BeforeValidator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bo_engine.cost import JobCost, job_cost
@@ -168,6 +168,20 @@ def _bound(field: str, s: Settings) -> tuple[str, float]:
     return setting, getattr(s, setting)
 
 
+def not_adaptive(spec: JobSpec) -> JobSpec:
+    """The service runs specs whose cells are all known at submission; an adaptive spec (a
+    refine section, or seeds to a target) is answered 422 naming what makes it adaptive."""
+    if spec.is_adaptive:
+        fields = ["refine"] if spec.refine is not None else []
+        fields += [] if isinstance(spec.seeds, int) else ["seeds"]
+        raise ValueError(
+            f"{' and '.join(fields)}: adaptive specs (a refine section, or seeds as "
+            "{min, max, target}) run with `bolab run --local` for now; the service does not "
+            "run them yet"
+        )
+    return spec
+
+
 def violations(
     spec: JobSpec, s: Settings, cached_runs: Mapping[int, int] | None = None
 ) -> list[str]:
@@ -226,6 +240,11 @@ def _show(value: float) -> str:
 
 def prechecked_spec(settings: Settings) -> Any:
     """The body type of POST /v1/jobs: the JobSpec schema after `precheck` (a grid too big to
-    expand is refused before it is). The route collects the resolved spec's `violations`: a
-    dry run lists them, a submit answers them as `over_bounds_error`."""
-    return Annotated[JobSpec, BeforeValidator(lambda data: precheck(data, settings))]
+    expand is refused before it is), for specs the service runs (`not_adaptive`). The route
+    collects the resolved spec's `violations`: a dry run lists them, a submit answers them as
+    `over_bounds_error`."""
+    return Annotated[
+        JobSpec,
+        BeforeValidator(lambda data: precheck(data, settings)),
+        AfterValidator(not_adaptive),
+    ]
