@@ -111,19 +111,26 @@ return {'created', id}
 # the index sets (KEYS[2] and the per-status and per-owner sets built from it), its entries
 # in every outbox (KEYS[3..OUTBOX_END]: due set, attempts hash, per outbox; see
 # keys.OUTBOXES) and the idempotency key that still names it. Refuses an
-# active job ('active') and one whose plan or batch lease is live ('busy': a worker is still
-# stopping it and would write its keys again). UNLINK: Redis frees a big job's memory in a
+# active job ('active') and one whose plan or batch lease (or an adaptive job's planning of its
+# last round or the next) is live ('busy': a worker is still stopping it and would write its
+# keys again). UNLINK: Redis frees a big job's memory in a
 # background thread, so the script does not stall other clients. ARGV: id, lease key prefix,
 # number of active statuses, the active statuses, then the terminal ones.
 _DELETE = """
 local id, lease, nactive = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local rec = redis.call('HMGET', KEYS[1], 'status', 'owner', 'batches_total', 'idempotency_key')
+local rec = redis.call('HMGET', KEYS[1], 'status', 'owner', 'batches_total', 'idempotency_key',
+                      'round')
 local status, owner = rec[1], rec[2] or ''
 if not status then return 'missing' end
 for i = 4, 3 + nactive do
   if ARGV[i] == status then return 'active' end
 end
 if redis.call('EXISTS', lease .. 'plan') == 1 then return 'busy' end
+local round = tonumber(rec[5])
+if round and (redis.call('EXISTS', lease .. 'plan:' .. round) == 1
+              or redis.call('EXISTS', lease .. 'plan:' .. (round + 1)) == 1) then
+  return 'busy'
+end
 for b = 0, (tonumber(rec[3]) or 0) - 1 do
   if redis.call('EXISTS', lease .. b) == 1 then return 'busy' end
 end

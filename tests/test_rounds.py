@@ -172,3 +172,11 @@ def test_admission_prices_an_adaptive_job_by_its_budget() -> None:
     (problem,) = violations(spec, settings)
     assert "max_cost" in problem
     assert over_max_cost(spec, settings)
+
+
+def test_local_dry_run_estimates_the_budget() -> None:
+    from bolab.local_cli import local_estimate
+
+    spec = JobSpec.model_validate(ADAPTIVE)
+    found = local_estimate(spec)
+    assert found["runs"] == runs_bound(spec) and found["cells"] == 2 * 8
