@@ -22,11 +22,16 @@ from bo_engine.spec import Cell, JobSpec, resolve_cell
 
 class SpecView:
     """A spec with other cells: `cells` (a list, or cell index -> cell) replaces the spec's,
-    every other attribute is the spec's. What a round's batches train, and what admission
-    prices an adaptive job by."""
+    every other attribute is the spec's. What a round's batches train (`points`: cell index
+    -> its point), and what admission prices an adaptive job by."""
 
-    def __init__(self, spec: JobSpec, cells: Sequence[Cell] | Mapping[int, Cell]) -> None:
-        self.spec, self.cells = spec, cells
+    def __init__(
+        self,
+        spec: JobSpec,
+        cells: Sequence[Cell] | Mapping[int, Cell],
+        points: Mapping[int, dict[str, Any]] | None = None,
+    ) -> None:
+        self.spec, self.cells, self.points = spec, cells, points or {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.spec, name)
@@ -114,7 +119,8 @@ def _point_key(point: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
 
 def round_spec(spec: JobSpec, requests: Sequence[RoundRequest]) -> SpecView:
     """The spec as a round's batches see it: cell index -> the cell with the seeds it trains."""
-    return SpecView(spec, {r.index: r.cell(spec) for r in requests})
+    cells = {r.index: r.cell(spec) for r in requests}
+    return SpecView(spec, cells, {r.index: r.point for r in requests})
 
 
 def round_entry(plan: RoundPlan, wall_seconds: float) -> dict[str, Any]:

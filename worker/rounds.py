@@ -14,14 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 from bo_engine.adaptive import merged_cell, runs_bound
-from bo_engine.plan import Batch
-from bo_engine.rounds import RoundPlan, plan_next_round, round_spec
+from bo_engine.rounds import RoundPlan, plan_next_round
 from bo_engine.spec import JobSpec
 from jobmodel.queue import RUN_BATCH
-from jobmodel.settings import Settings
 from jobmodel.store import JobRecord, JobStore
 from worker.batch import BatchRun
-from worker.lease import Lease
 
 
 def plan(jobs: JobStore, job: JobRecord, spec: JobSpec, round: int, send: Any) -> None:
@@ -61,26 +58,13 @@ def round_of(jobs: JobStore, job_id: str, batch_index: int) -> RoundPlan | None:
 
 
 class RoundBatchRun(BatchRun):
-    """One batch of a round: trains the seeds the round asks of each cell (the run cache serves
-    what it holds) and stores each cell with its earlier runs and the new ones."""
-
-    def __init__(
-        self,
-        jobs: JobStore,
-        config: Settings,
-        job: JobRecord,
-        spec: JobSpec,
-        plan: RoundPlan,
-        batch: Batch,
-        lease: Lease,
-    ) -> None:
-        super().__init__(jobs, config, job, round_spec(spec, plan.requests), batch, lease)
-        self.base_spec = spec
-        self.points = {r.index: r.point for r in plan.requests}
+    """One batch of a round, its spec the round's (`bo_engine.rounds.round_spec`): trains the
+    seeds the round asks of each cell (the run cache serves what it holds) and stores each cell
+    with its earlier runs and the new ones."""
 
     def on_cell_done(self, cell: dict[str, Any]) -> None:
-        index = cell["index"]
+        index, view = cell["index"], self.spec
         stored = self.jobs.cell(self.job.id, index)
-        super().on_cell_done(
-            merged_cell(self.base_spec, stored, self.points[index], index, cell["runs"])
-        )
+        point = view.points[index]  # type: ignore[attr-defined]
+        merged = merged_cell(view.spec, stored, point, index, cell["runs"])  # type: ignore[attr-defined]
+        super().on_cell_done(merged)

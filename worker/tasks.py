@@ -17,6 +17,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init, worker_ready
 
 from bo_engine.plan import Batch, plan_batches
+from bo_engine.rounds import round_spec
 from bo_engine.spec import JobSpec
 from jobmodel import events
 from jobmodel.queue import PLAN_JOB, RUN_BATCH, plan_unit
@@ -147,7 +148,8 @@ def _batch_run(jobs: JobStore, job: JobRecord, batch_index: int, lease: Lease) -
     if plan is None:
         return None
     batch = plan.batches[batch_index - plan.first_batch]
-    return rounds.RoundBatchRun(jobs, settings(), job, spec, plan, batch, lease)
+    view = round_spec(spec, plan.requests)
+    return rounds.RoundBatchRun(jobs, settings(), job, view, batch, lease)  # type: ignore[arg-type]
 
 
 def _after_last_batch(job: JobRecord, batch_index: int) -> None:
