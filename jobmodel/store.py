@@ -21,6 +21,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from bo_engine.rounds import RoundPlan, round_entry
 from bo_engine.spec import JobSpec
 from jobmodel import cost_history, counters, events, keys, logs, queue, runcache
 from jobmodel.leases import Leases
@@ -604,6 +605,17 @@ class JobStore:
     def rounds(self, job_id: str) -> list[dict[str, Any]]:
         """The job's stored round plans, in round order."""
         return _by_index(self.redis.hgetall(keys.rounds(job_id)))
+
+    def round_entries(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's rounds as its result lists them (`bo_engine.rounds.round_entry`; wall
+        seconds: the sum of the round's batches'); [] for a job without rounds."""
+        walls = self.batch_walls(job_id)
+        plans = [RoundPlan.from_json(raw) for raw in self.rounds(job_id)]
+        return [
+            round_entry(p, sum(walls.get(b.index, 0.0) for b in p.batches))
+            for p in plans
+            if p.requests
+        ]
 
     def cell(self, job_id: str, index: int) -> dict[str, Any] | None:
         raw = self.redis.hget(keys.cells(job_id), str(index))

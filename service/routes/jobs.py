@@ -13,7 +13,6 @@ from fastapi.responses import JSONResponse
 
 from bo_engine.plan import assemble_result
 from bo_engine.results import cells_to_csv
-from bo_engine.rounds import RoundPlan, round_entry
 from bo_engine.spec import JobSpec
 from jobmodel.queue import queue_for
 from jobmodel.settings import Settings
@@ -108,26 +107,13 @@ def _result(
     if job.status == JobStatus.succeeded or (done and store.has_cells(job.id)):
         spec = JobSpec.model_validate(job.spec)
         cells = _visible_sources(store, store.cells(job.id), caller, job.id)
-        return assemble_result(spec, cells, job.engine, _rounds(store, job))
+        return assemble_result(spec, cells, job.engine, store.round_entries(job.id))
     if job.terminal:
         raise Conflict(f"job {job.id} is {job.status.value} and finished no cell")
     raise Conflict(
         f"job {job.id} is {job.status.value}; results appear when it finishes "
         f"(finished cells are already summarised in GET /v1/jobs/{job.id})"
     )
-
-
-def _rounds(store: JobStore, job: JobRecord) -> list[dict[str, Any]] | None:
-    """An adaptive job's rounds as the result lists them (wall seconds: its batches' sum)."""
-    if not job.adaptive:
-        return None
-    walls = store.batch_walls(job.id)
-    plans = [RoundPlan.from_json(raw) for raw in store.rounds(job.id)]
-    return [
-        round_entry(p, sum(walls.get(b.index, 0.0) for b in p.batches))
-        for p in plans
-        if p.requests
-    ]
 
 
 def _visible_sources(
