@@ -55,6 +55,12 @@ def plan_batches(spec: JobSpec, max_runs: int = MAX_RUNS_PER_BATCH) -> list[Batc
 def assemble_result(
     spec: JobSpec, cells: list[dict[str, Any]], engine: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """The result document: cells in grid order, the swept axes, and engine facts (None for a
-    job that was cancelled or failed before it finished)."""
-    return {"cells": sorted(cells, key=lambda c: c["index"]), "axes": spec.axes, "engine": engine}
+    """The result document: cells in grid order, the swept axes, the theory's constants (which
+    figures overlay) and engine facts (None for a job that was cancelled or failed before it
+    finished)."""
+    return {
+        "cells": sorted(cells, key=lambda c: c["index"]),
+        "axes": spec.axes,
+        "theory": spec.theory.model_dump(),
+        "engine": engine,
+    }
