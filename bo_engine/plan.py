@@ -67,12 +67,18 @@ def assemble_result(
     engine: dict[str, Any] | None,
     rounds: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The result document: cells in index order, the swept axes, and engine facts (None for a
-    job that was cancelled or failed before it finished). An adaptive spec's adds `rounds`
-    (cells and runs each round asked for) and, with a refine section, `refine`, `boundaries`
-    and `scaling` (`bo_engine.adaptive.adaptive_summary`): `bolab run --local` and the service
-    both assemble through here."""
-    result = {"cells": sorted(cells, key=lambda c: c["index"]), "axes": spec.axes, "engine": engine}
+    """The result document: cells in index order, the swept axes, the theory's constants
+    (which figures overlay) and engine facts (None for a job that was cancelled or failed
+    before it finished). An adaptive spec's adds `rounds` (cells and runs each round asked for)
+    and, with a refine section, `refine`, `boundaries` and `scaling`
+    (`bo_engine.adaptive.adaptive_summary`): `bolab run --local` and the service both assemble
+    through here."""
+    result = {
+        "cells": sorted(cells, key=lambda c: c["index"]),
+        "axes": spec.axes,
+        "theory": spec.theory.model_dump(),
+        "engine": engine,
+    }
     if not spec.is_adaptive:
         return result
     return {**result, "rounds": rounds or [], **adaptive_summary(spec, cells)}

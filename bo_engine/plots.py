@@ -17,8 +17,12 @@ import math
 from typing import Any, Literal
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+
+from bo_engine.spec import TheoryRule
+from bo_engine.theory import regime_ratios
 
 # Axes tried when a result does not name its own, most telling first.
 CANDIDATE_AXES = (
@@ -83,7 +87,7 @@ def _label(axis: str) -> str:
     return {"d_over_n": "d / n", "gamma_times_n": "gamma n"}.get(axis, axis)
 
 
-def heatmap(result: dict[str, Any], x: str, y: str) -> Figure:
+def heatmap(result: dict[str, Any], x: str, y: str, overlay: bool = False) -> Figure:
     cells = result["cells"]
     xs = sorted({c["params"][x] for c in cells})
     ys = sorted({c["params"][y] for c in cells})
@@ -106,11 +110,13 @@ def heatmap(result: dict[str, Any], x: str, y: str) -> Figure:
     ax.set_ylabel(_label(y))
     ax.set_title(f"mean test error ({_label(y)} vs {_label(x)})")
     fig.colorbar(image, ax=ax, label=f"test error (log; 0 shown at {LOG_FLOOR:g})")
+    if overlay:
+        _overlay_heatmap(ax, result, (x, xs), (y, ys))
     fig.tight_layout()
     return fig
 
 
-def curves(result: dict[str, Any], x: str, line: str | None) -> Figure:
+def curves(result: dict[str, Any], x: str, line: str | None, overlay: bool = False) -> Figure:
     cells = result["cells"]
     fig = Figure(figsize=(6.4, 4.2), dpi=110)
     ax = fig.subplots()
@@ -125,14 +131,116 @@ def curves(result: dict[str, Any], x: str, line: str | None) -> Figure:
         label = f"{_label(line)} = {_value(value)}" if line else None
         (drawn,) = ax.plot(xs, means, marker="o", label=label)
         ax.fill_between(xs, los, his, color=drawn.get_color(), alpha=0.2, linewidth=0)
+        if overlay:
+            _theory_lines(ax, _edges(members, _rule(result), xs, log_at=True), drawn)
+    if overlay:
+        _found_points(ax, result, x)
     ax.set_xlabel(_label(x))
     ax.set_ylabel("mean test error (band: 95 % interval)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    if line:
-        ax.legend()
+    if line or overlay:
+        ax.legend(fontsize="small")
     fig.tight_layout()
     return fig
+
+
+# --- overlays: the theory's curves and the boundaries found --------------------------------
+
+THEORY_STYLES = {"benign": ("--", "theory: benign from gamma = c/n"),
+                 "harmful": (":", "theory: harmful up to gamma = c alpha^3/d")}
+
+
+def _rule(result: dict[str, Any]) -> TheoryRule:
+    """The theory constants the result was made with (the defaults for an older result)."""
+    return TheoryRule.model_validate(result.get("theory") or {})
+
+
+def _found(result: dict[str, Any], axis: str) -> list[dict[str, Any]]:
+    """The boundaries a refine result found along `axis`."""
+    if (result.get("refine") or {}).get("axis") != axis:
+        return []
+    return [b for b in result.get("boundaries") or [] if b["estimate"] is not None]
+
+
+def _edges(
+    cells: list[dict[str, Any]], rule: TheoryRule, at: list[Any], log_at: bool
+) -> dict[str, float]:
+    """Where along a row of cells (at positions `at`, on a log scale if `log_at`) each of the
+    theory's curves crosses it: the `regime_ratios` interpolated to 1 on a log scale (exact for
+    their power laws); NaN where none does."""
+    ratios = [regime_ratios(c["params"], rule) for c in cells]
+    return {r: _crossing(at, [q[r] for q in ratios], log_at) for r in THEORY_STYLES}
+
+
+def _crossing(at: list[Any], ratios: list[float], log_at: bool) -> float:
+    for i in range(len(at) - 1):
+        (x0, x1), (q0, q1) = at[i : i + 2], ratios[i : i + 2]
+        if q0 != q1 and (q0 - 1) * (q1 - 1) <= 0:
+            logs = q0 > 0 and q1 > 0
+            t = math.log(q0) / (math.log(q0) - math.log(q1)) if logs else (1 - q0) / (q1 - q0)
+            if log_at and x0 > 0 and logs:
+                return math.exp(math.log(x0) + t * (math.log(x1) - math.log(x0)))
+            return x0 + t * (x1 - x0)
+    return math.nan
+
+
+def _theory_lines(ax: Axes, edges: dict[str, float], drawn: Any) -> None:
+    """Vertical lines where the theory's curves cross one curve, in its colour."""
+    labelled = set(ax.get_legend_handles_labels()[1])
+    for regime, (style, text) in THEORY_STYLES.items():
+        if math.isfinite(edges[regime]):
+            label = None if text in labelled else text
+            ax.axvline(edges[regime], color=drawn.get_color(), ls=style, lw=1, label=label)
+
+
+def _found_points(ax: Axes, result: dict[str, Any], x: str) -> None:
+    """Each boundary found along `x` at the refine level, with its 95 % interval."""
+    found = _found(result, x)
+    if not found:
+        return
+    estimates = np.array([b["estimate"] for b in found])
+    lows = np.array([(b["ci95"] or [b["estimate"]] * 2)[0] for b in found])
+    highs = np.array([(b["ci95"] or [b["estimate"]] * 2)[1] for b in found])
+    level = np.full(len(found), result["refine"]["level"])
+    ax.errorbar(estimates, level, xerr=[estimates - lows, highs - estimates], fmt="D",
+                color="black", capsize=3, label="boundary found (95 %)")
+
+
+def _position(values: list[Any], value: float) -> float:
+    """Where `value` falls among the sorted cell values, as a fractional cell index (log
+    spacing when all are positive); NaN outside them."""
+    if not values[0] <= value <= values[-1]:
+        return math.nan
+    if values[0] > 0:
+        return float(np.interp(math.log(value), np.log(values), np.arange(len(values))))
+    return float(np.interp(value, values, np.arange(len(values))))
+
+
+def _overlay_heatmap(
+    ax: Axes, result: dict[str, Any], x: tuple[str, list[Any]], y: tuple[str, list[Any]]
+) -> None:
+    """The theory's curves through the grid (crossed along each row), and the boundaries a
+    refine job found along either axis."""
+    (x_axis, xs), (y_axis, ys) = x, y
+    by_point = {(c["params"][x_axis], c["params"][y_axis]): c for c in result["cells"]}
+    rows = [[by_point.get((v, w)) for v in xs] for w in ys]
+    rule, index = _rule(result), list(range(len(xs)))
+    for regime, (style, text) in THEORY_STYLES.items():
+        crossed = [
+            _edges(row, rule, index, log_at=False)[regime] if all(row) else math.nan
+            for row in rows
+        ]
+        label = text if any(map(math.isfinite, crossed)) else None
+        ax.plot(crossed, range(len(ys)), color="white", ls=style, lw=1.5, label=label)
+    for along, (axis, values), (other, others), flip in ((0, x, y, False), (1, y, x, True)):
+        found = [b for b in _found(result, axis) if b["line"].get(other) in others]
+        spots = [_position(values, b["estimate"]) for b in found]
+        across = [others.index(b["line"][other]) for b in found]
+        ax.plot(*((across, spots) if flip else (spots, across)), "D", color="red",
+                label="boundary found" if found and not along else None)
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize="x-small", loc="lower left", framealpha=0.6)
 
 
 def boundary_axis(result: dict[str, Any]) -> str:
@@ -188,12 +296,14 @@ def _fit_label(fit: dict[str, Any]) -> str:
     return f"fit: exponent {fit['exponent']:.2f}{around}"
 
 
-def plot_result(result: dict[str, Any], kind: PlotKind = "auto") -> Figure:
+def plot_result(result: dict[str, Any], kind: PlotKind = "auto", overlay: bool = False) -> Figure:
     """A heatmap or curves of the mean test error over the swept axes.
 
     `auto` draws a heatmap when two axes are swept and the second has more values than make
     readable lines (MAX_LINES), else curves over the first axis, one line per second-axis value.
-    `boundary` draws a refine result's boundaries (`boundary_plot`).
+    `boundary` draws a refine result's boundaries (`boundary_plot`). `overlay` adds the
+    theory's curves (gamma = c/n, gamma = c alpha^3/d, with c from the result's theory
+    constants) where they cross the swept cells, and the boundaries a refine job found.
     """
     if kind == "boundary":
         return boundary_plot(result)
@@ -205,11 +315,12 @@ def plot_result(result: dict[str, Any], kind: PlotKind = "auto") -> Figure:
     if len(axes) == 2 and kind != "lines":
         many = len({c["params"][axes[1]] for c in result["cells"]}) > MAX_LINES
         if kind == "heatmap" or many:
-            return heatmap(result, axes[0], axes[1])
-    return curves(result, axes[0] if axes else "n", axes[1] if len(axes) == 2 else None)
+            return heatmap(result, axes[0], axes[1], overlay)
+    line = axes[1] if len(axes) == 2 else None
+    return curves(result, axes[0] if axes else "n", line, overlay)
 
 
-def figure_png(result: dict[str, Any], kind: PlotKind = "auto") -> bytes:
+def figure_png(result: dict[str, Any], kind: PlotKind = "auto", overlay: bool = False) -> bytes:
     buffer = io.BytesIO()
-    plot_result(result, kind).savefig(buffer, format="png")
+    plot_result(result, kind, overlay).savefig(buffer, format="png")
     return buffer.getvalue()

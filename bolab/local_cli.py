@@ -217,6 +217,13 @@ def plot(
     kind: Annotated[
         str, typer.Option(help="auto, heatmap, lines or boundary (a refine result's crossings)")
     ] = "auto",
+    overlay: Annotated[
+        bool,
+        typer.Option(
+            "--overlay", help="add the theory's curves (gamma = c/n, gamma = c alpha^3/d) and "
+            "the boundaries a refine search found"
+        ),
+    ] = False,
 ) -> None:
     """Draw a result: a heatmap (log colour) for a two-axis grid, curves for one axis, or the
     boundaries a refine search found against the line axis (log-log, with the fitted power law
@@ -227,7 +234,7 @@ def plot(
         raise typer.BadParameter("auto, heatmap, lines or boundary", param_hint="--kind")
     try:
         result = json.loads(result_file.read_text())
-        png = figure_png(result, kind)  # type: ignore[arg-type]
+        png = figure_png(result, kind, overlay)  # type: ignore[arg-type]
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         err.print(f"[red]cannot draw {result_file}[/]: {exc}")
         raise typer.Exit(1) from None

@@ -12,8 +12,8 @@ if TYPE_CHECKING:
 _lock = threading.Lock()
 
 
-def png(result: dict[str, Any], kind: PlotKind = "auto") -> bytes:
+def png(result: dict[str, Any], kind: PlotKind = "auto", overlay: bool = False) -> bytes:
     from bo_engine.plots import figure_png  # matplotlib: loaded on the first figure only
 
     with _lock:
-        return figure_png(result, kind)
+        return figure_png(result, kind, overlay)

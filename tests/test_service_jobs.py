@@ -52,6 +52,14 @@ def test_submit_poll_and_fetch_everything(lab: LabClient) -> None:
     assert png.content.startswith(b"\x89PNG\r\n\x1a\n")
     one_axis = http.get(f"/v1/jobs/{job_id}/plot.png", params={"kind": "heatmap"})
     assert one_axis.status_code == 409 and "two swept axes" in one_axis.json()["detail"]
+    overlaid = http.get(f"/v1/jobs/{job_id}/plot.png", params={"overlay": "true"})
+    assert overlaid.status_code == 200 and overlaid.content != png.content
+    bad = http.get(f"/v1/jobs/{job_id}/plot.png", params={"overlay": "maybe"})
+    assert bad.status_code == 422
+    assert ["query", "overlay"] in [e["loc"] for e in bad.json()["detail"]]
+    assert result["theory"] == {
+        "benign_gamma_n": 1.0, "benign_d_over_n": 1.0, "harmful_gamma_d_over_alpha3": 1.0,
+    }  # fmt: skip
 
 
 def test_results_equal_a_local_run(lab: LabClient) -> None:

@@ -399,16 +399,23 @@ async def get_plot(
     partial: Annotated[
         bool, Query(description="draw a running job's cells finished so far (else 409)")
     ] = False,
+    overlay: Annotated[
+        bool,
+        Query(
+            description="add the theory's curves (gamma = c/n, gamma = c alpha^3/d, c from the "
+            "spec's theory constants) and the boundaries a refine job found"
+        ),
+    ] = False,
 ) -> Response:
-    return await render(renders, _plot_response, store, job_id, caller, kind, partial)
+    return await render(renders, _plot_response, store, job_id, caller, kind, partial, overlay)
 
 
 def _plot_response(
-    store: JobStore, job_id: str, caller: Caller, kind: str, partial: bool
+    store: JobStore, job_id: str, caller: Caller, kind: str, partial: bool, overlay: bool
 ) -> Response:
     result = _result(store, _job(store, job_id, caller), caller, partial)
     try:
-        png = figures.png(result, kind)  # type: ignore[arg-type]
+        png = figures.png(result, kind, overlay)  # type: ignore[arg-type]
     except Exception as exc:
         raise Conflict(f"job {job_id}'s results cannot be drawn: {exc}") from exc
     return Response(png, media_type="image/png")
