@@ -171,12 +171,24 @@ def add_runs(
     the same runs twice (a redelivered round) changes nothing. Each cell's params report the
     seeds it has."""
     stored = next((c for c in cells if c["point"] == request.point), None)
+    index = stored["index"] if stored else len(cells)
+    updated = merged_cell(spec, stored, request.point, index, runs)
+    return [updated if c is stored else c for c in cells] + ([] if stored else [updated])
+
+
+def merged_cell(
+    spec: JobSpec,
+    stored: dict[str, Any] | None,
+    point: dict[str, Any],
+    index: int,
+    runs: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The cell at `point` (number `index`) holding the `stored` cell's runs (None: a new
+    cell) and `runs`, one per seed (a run of a seed it has replaces it), summarized again."""
     by_seed = {r["seed"]: r for r in (stored["runs"] if stored else []) + runs}
     everything = [by_seed[seed] for seed in sorted(by_seed)]
-    index = stored["index"] if stored else len(cells)
-    cell = resolve_cell(spec, request.point).model_copy(update={"seeds": len(everything)})
-    updated = {"point": request.point, **summarize_cell(index, cell, everything)}
-    return [updated if c is stored else c for c in cells] + ([] if stored else [updated])
+    cell = resolve_cell(spec, point).model_copy(update={"seeds": len(everything)})
+    return {"point": point, **summarize_cell(index, cell, everything)}
 
 
 def boundaries(spec: JobSpec, cells: list[dict[str, Any]]) -> list[dict[str, Any]]:

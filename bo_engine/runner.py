@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 import bo_engine
-from bo_engine.adaptive import Request, adaptive_summary, add_runs, plan_round
+from bo_engine.adaptive import Request, add_runs, plan_round
 from bo_engine.plan import MAX_RUNS_PER_BATCH, Batch, assemble_result, plan_batches
 from bo_engine.results import summarize_cell
 from bo_engine.runcache import (
@@ -280,5 +280,4 @@ def run_adaptive(
             "wall_seconds": time.perf_counter() - round_started,
         })  # fmt: skip
     engine = engine_info(device, spec.dtype, time.perf_counter() - started)
-    result = assemble_result(spec, cells, engine)
-    return {**result, "rounds": rounds, **adaptive_summary(spec, cells)}
+    return assemble_result(spec, cells, engine, rounds)

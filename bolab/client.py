@@ -36,6 +36,8 @@ class Progress(TypedDict):
     fraction: float
     batches_done: int
     batches_total: int | None
+    round: NotRequired[int | None]  # an adaptive job: the round planned last (null: none yet)
+    runs_bound: NotRequired[int | None]  # an adaptive job: its budget of runs (= runs_total)
 
 
 class Job(TypedDict, total=False):

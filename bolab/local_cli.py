@@ -139,12 +139,14 @@ def local_estimate(spec: JobSpec, cache_dir: Path | None = None) -> dict[str, An
     from bo_engine.estimate import default_model, estimate
     from bolab.local_cache import DirCache
     from jobmodel.settings import Settings
-    from service.limits import violations
+    from service.limits import priced, violations
 
     cpus = len(os.sched_getaffinity(0))
     model = replace(default_model(), cpus=cpus)
-    cached = DirCache(cache_dir).cached_per_cell(spec) if cache_dir and spec.cache else {}
-    found = asdict(estimate(spec, model, parallel_runs=cpus, cached_runs=cached))
+    # An adaptive spec is estimated by its budget, its cells being unknown before it runs.
+    reads_cache = cache_dir and spec.cache and not spec.is_adaptive
+    cached = DirCache(cache_dir).cached_per_cell(spec) if reads_cache else {}
+    found = asdict(estimate(priced(spec), model, parallel_runs=cpus, cached_runs=cached))  # type: ignore[arg-type]
     return {**found, "violations": violations(spec, Settings(), cached)}
 
 

@@ -1,11 +1,12 @@
 """A job's event log: a Redis Stream per job that `GET /v1/jobs/{id}/events` serves as SSE.
 
 Kinds: `status` (queued, running), `progress` (runs done), `cell` (a finished cell's summary
-row), `end` (the terminal status; always the last event). Entry ids are the stream's own
-(`1700000000000-0`): increasing, so a client that sends the last id it saw as `Last-Event-ID`
-resumes right after it without loss. `job_ended` runs once per job, from whichever process made
-the terminal transition: it writes the `end` event, the finished-job metrics and queues the
-webhook (and the MLflow export), in one pipeline.
+row), `round` (an adaptive job planned a round: its number, cells and runs, the runs done so
+far and the budget), `end` (the terminal status; always the last event). Entry ids are the
+stream's own (`1700000000000-0`): increasing, so a client that sends the last id it saw as
+`Last-Event-ID` resumes right after it without loss. `job_ended` runs once per job, from
+whichever process made the terminal transition: it writes the `end` event, the finished-job
+metrics and queues the webhook (and the MLflow export), in one pipeline.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import redis
 
 from jobmodel import counters, keys, logs
 
-STATUS, PROGRESS, CELL, END = "status", "progress", "cell", "end"
+STATUS, PROGRESS, CELL, ROUND, END = "status", "progress", "cell", "round", "end"
 # Bounds a job's log (progress events come at most a few per second per batch); a job long
 # enough to overflow it still keeps its newest events and every record in the job store.
 MAX_EVENTS = 20_000

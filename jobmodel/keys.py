@@ -13,7 +13,8 @@
     bolab:worker:{name}           hash  queues, pid, seen (unix time) of a live worker (expires)
     bolab:jobs:owner:{owner}      zset  that owner's job ids (and `...:{status}` per status)
     bolab:idem:{owner}:{sha256}   str   "body-hash job-id" of an Idempotency-Key (expires)
-    bolab:job:{id}:lease:{unit}   str   held while a worker runs unit "plan" or a batch index;
+    bolab:job:{id}:lease:{unit}   str   held while a worker runs unit "plan" (an adaptive job's
+                                        later rounds: "plan:{round}") or a batch index;
                                         refreshed by that worker, expires when it dies
     bolab:job:{id}:attempts       hash  unit -> deliveries started (the reaper gives up at a max)
     bolab:reaper                  str   lock: the one reaper that acts now (expires)
@@ -29,6 +30,8 @@
     bolab:runclaim:{scope}:{key}  str   lease key of the batch training that run now (expires;
                                         stale once that lease is gone)
     bolab:job:{id}:cached         hash  batch index -> runs that batch took from the run cache
+    bolab:job:{id}:rounds         hash  round number -> that round's plan JSON (an adaptive job:
+                                        requests with their cell indices, its batches)
     bolab:cost:history            stream  one entry per trained cell: its parameters, steps and
                                         seconds (capped; the cost estimate is fitted on it)
     bolab:mlflow:due              zset  job id -> unix time its MLflow export is next due
@@ -126,3 +129,7 @@ def run_claim(scope: str, run_key: str) -> str:
 
 def cached(job_id: str) -> str:
     return f"{job(job_id)}:cached"
+
+
+def rounds(job_id: str) -> str:
+    return f"{job(job_id)}:rounds"

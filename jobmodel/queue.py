@@ -48,6 +48,18 @@ SENT_PROPERTIES = {
 }
 
 
+def plan_unit(round: int) -> str:
+    """The unit (lease, attempts, reaper) of planning round `round` of a job: "plan" for the
+    first (every job's), "plan:{round}" for an adaptive job's later ones."""
+    return "plan" if round == 0 else f"plan:{round}"
+
+
+def plan_args(job_id: str, unit: str) -> list[Any]:
+    """The PLAN_JOB arguments that run planning unit `unit` (see `plan_unit`)."""
+    _, _, round = unit.partition(":")
+    return [job_id, int(round)] if round else [job_id]
+
+
 def queue_for(device: str) -> str:
     """Jobs that ask for CUDA go to GPU workers; "auto" and "cpu" run anywhere a CPU is."""
     return GPU_QUEUE if device == "cuda" else CPU_QUEUE

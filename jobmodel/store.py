@@ -21,6 +21,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from bo_engine.rounds import RoundPlan, round_entry
 from bo_engine.spec import JobSpec
 from jobmodel import cost_history, counters, events, keys, logs, queue, runcache
 from jobmodel.leases import Leases
@@ -111,19 +112,26 @@ return {'created', id}
 # the index sets (KEYS[2] and the per-status and per-owner sets built from it), its entries
 # in every outbox (KEYS[3..OUTBOX_END]: due set, attempts hash, per outbox; see
 # keys.OUTBOXES) and the idempotency key that still names it. Refuses an
-# active job ('active') and one whose plan or batch lease is live ('busy': a worker is still
-# stopping it and would write its keys again). UNLINK: Redis frees a big job's memory in a
+# active job ('active') and one whose plan or batch lease (or an adaptive job's planning of its
+# last round or the next) is live ('busy': a worker is still stopping it and would write its
+# keys again). UNLINK: Redis frees a big job's memory in a
 # background thread, so the script does not stall other clients. ARGV: id, lease key prefix,
 # number of active statuses, the active statuses, then the terminal ones.
 _DELETE = """
 local id, lease, nactive = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local rec = redis.call('HMGET', KEYS[1], 'status', 'owner', 'batches_total', 'idempotency_key')
+local rec = redis.call('HMGET', KEYS[1], 'status', 'owner', 'batches_total', 'idempotency_key',
+                      'round')
 local status, owner = rec[1], rec[2] or ''
 if not status then return 'missing' end
 for i = 4, 3 + nactive do
   if ARGV[i] == status then return 'active' end
 end
 if redis.call('EXISTS', lease .. 'plan') == 1 then return 'busy' end
+local round = tonumber(rec[5])
+if round and (redis.call('EXISTS', lease .. 'plan:' .. round) == 1
+              or redis.call('EXISTS', lease .. 'plan:' .. (round + 1)) == 1) then
+  return 'busy'
+end
 for b = 0, (tonumber(rec[3]) or 0) - 1 do
   if redis.call('EXISTS', lease .. b) == 1 then return 'busy' end
 end
@@ -146,6 +154,25 @@ end
 return 'deleted'
 """.replace("OUTBOX_END", str(2 + 2 * len(keys.OUTBOXES)))
 
+
+# Store round ARGV[1] of an adaptive job (plan JSON ARGV[2]) once, in turn: only while the
+# record (KEYS[1]) exists, the round is not stored yet, every earlier one is (HLEN of KEYS[2]
+# = ARGV[1]) and the job has ARGV[3] batches so far. Its batches then number up to ARGV[4];
+# ARGV[5] = '1' says the planner was done (no requests). Writes its `round` event (stream
+# KEYS[3], data ARGV[6], about ARGV[7] long). Returns 1 when stored, 0 for a duplicate.
+_STORE_ROUND = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
+if redis.call('HLEN', KEYS[2]) ~= tonumber(ARGV[1]) then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'batches_total') or '0') ~= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[1], 'round', ARGV[1], 'batches_total', ARGV[4])
+if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'rounds_done', '1') end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'event', 'round', 'data', ARGV[6])
+return 1
+"""
 
 
 class Deletion(StrEnum):
@@ -205,6 +232,11 @@ class JobRecord:
     # Its MLflow export: "pending", "exported" or "failed after N: why"; the parent run's id.
     mlflow_export: str | None = None
     mlflow_run_id: str | None = None
+    # An adaptive job (cells planned round by round): the last round planned (None before
+    # the first), and whether the planner said it was done.
+    adaptive: bool = False
+    round: int | None = None
+    rounds_done: bool = False
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> JobRecord:
@@ -227,6 +259,9 @@ class JobRecord:
             engine=json.loads(raw["engine"]) if raw.get("engine") else None,
             mlflow_export=raw.get("mlflow_export") or None,
             mlflow_run_id=raw.get("mlflow_run_id") or None,
+            adaptive=raw.get("adaptive") == "1",
+            round=int(raw["round"]) if raw.get("round") else None,
+            rounds_done=raw.get("rounds_done") == "1",
         )
 
     @property
@@ -264,6 +299,7 @@ class JobStore:
         self._create = client.register_script(_CREATE)
         self._delete = client.register_script(_DELETE)
         self._annotate = client.register_script(events.SET_IF_EXISTS)
+        self._store_round = client.register_script(_STORE_ROUND)
         self.leases = Leases(client)
 
     @classmethod
@@ -299,12 +335,14 @@ class JobStore:
         idempotency: tuple[str, str, int] | None = None,
         notify_url: str | None = None,
         job_queue: JobQueue | None = None,
+        adaptive: bool = False,
     ) -> JobRecord:
         """Store a new queued job. `max_active` > 0 caps the owner's queued+running jobs
         (QuotaFull); `idempotency` = (sha256 of the key, body hash, TTL s) replays an earlier
         submission (IdempotentReplay); `notify_url` is where its webhook goes when it ends;
         with `job_queue`, the job's first task is queued on `queue` in the same step (without,
-        nothing runs it). Check and writes are one Lua call: concurrent submits cannot race,
+        nothing runs it). `adaptive`: its cells are planned round by round (`runs_total` is
+        then its budget). Check and writes are one Lua call: concurrent submits cannot race,
         and a job is never stored without its task, nor its task queued without the job."""
         job = JobRecord(
             id=new_job_id(),
@@ -315,6 +353,7 @@ class JobStore:
             cells_total=cells_total,
             created_at=time.time(),
             owner=owner,
+            adaptive=adaptive,
         )
         key_hash, body_hash, ttl = idempotency or ("", "", 0)
         idem_key = keys.idempotency(owner, key_hash) if idempotency else ""
@@ -423,6 +462,7 @@ class JobStore:
             keys.attempts(job_id),
             keys.events(job_id),
             keys.cached(job_id),
+            keys.rounds(job_id),
         ]
         args = [job_id, keys.lease(job_id, ""), len(ACTIVE), *ACTIVE, *TERMINAL]
         spec, owner = self.redis.hmget(keys.job(job_id), "spec", "owner")
@@ -528,18 +568,62 @@ class JobStore:
         """Mark an active job succeeded if every one of its batches is recorded done; True when
         this call closed it. The worker of the last batch calls it, and so do a redelivered
         batch and the reaper: that worker can die (or lose Redis) between `finish_batch` and
-        this call, and then nothing else is left to run that would close the job."""
+        this call, and then nothing else is left to run that would close the job. An adaptive
+        job closes only once its planner said it was done (`store_round`)."""
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hmget(keys.job(job_id), "status", "batches_total", "batch_engine")
+        pipe.hmget(
+            keys.job(job_id), "status", "batches_total", "batch_engine", "adaptive", "rounds_done"
+        )
         pipe.hvals(keys.batches(job_id))
-        (status, total, engine), walls = pipe.execute()
+        (status, total, engine, adaptive, rounds_done), walls = pipe.execute()
         if status not in ACTIVE or total is None or len(walls) < int(total):
             return False
+        if adaptive == "1" and rounds_done != "1":
+            return False  # an adaptive job is done when its planner says so, not before
         # Compute time of the whole job, over the facts of the batch that finished last. The
         # transition is one-way: of concurrent callers, one closes the job and writes its end.
         facts = json.loads(engine) if engine else {}
         facts["wall_seconds"] = sum(float(w) for w in walls)
         return self.mark_succeeded(job_id, facts)
+
+    # --- an adaptive job's rounds ----------------------------------------------------------
+
+    def store_round(
+        self, job_id: str, plan: dict[str, Any], batches_before: int, event: dict[str, Any]
+    ) -> bool:
+        """Store round `plan["round"]` (its requests and batches, `bo_engine.rounds.RoundPlan`)
+        and its `round` event, once and in turn; False for a duplicate (that round is stored,
+        or an earlier one is not) or a job that is gone. A plan without requests says the job
+        is done: `close_if_done` then closes it."""
+        round_, batches = plan["round"], len(plan["batches"])
+        args = [round_, json.dumps(plan, separators=(",", ":")), batches_before]
+        args += [batches_before + batches, "0" if plan["requests"] else "1"]
+        args += [events.encode(event), events.MAX_EVENTS]
+        script_keys = [keys.job(job_id), keys.rounds(job_id), keys.events(job_id)]
+        return bool(self._store_round(keys=script_keys, args=args))
+
+    def rounds(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's stored round plans, in round order."""
+        return _by_index(self.redis.hgetall(keys.rounds(job_id)))
+
+    def round_entries(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's rounds as its result lists them (`bo_engine.rounds.round_entry`; wall
+        seconds: the sum of the round's batches'); [] for a job without rounds."""
+        walls = self.batch_walls(job_id)
+        plans = [RoundPlan.from_json(raw) for raw in self.rounds(job_id)]
+        return [
+            round_entry(p, sum(walls.get(b.index, 0.0) for b in p.batches))
+            for p in plans
+            if p.requests
+        ]
+
+    def cell(self, job_id: str, index: int) -> dict[str, Any] | None:
+        raw = self.redis.hget(keys.cells(job_id), str(index))
+        return json.loads(raw) if raw else None
+
+    def batch_walls(self, job_id: str) -> dict[int, float]:
+        """Batch index -> wall seconds, of each batch done."""
+        return {int(b): float(w) for b, w in self.redis.hgetall(keys.batches(job_id)).items()}
 
     def done_batches(self, job_id: str) -> set[int]:
         return {int(b) for b in self.redis.hkeys(keys.batches(job_id))}
@@ -679,6 +763,8 @@ def _record_fields(job: JobRecord, notify_url: str | None) -> dict[str, Any]:
     }
     if notify_url is not None:
         fields["notify_url"] = notify_url
+    if job.adaptive:
+        fields["adaptive"] = "1"
     return fields
 
 

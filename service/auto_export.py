@@ -72,7 +72,8 @@ class Exporter(Drain):
 
 
 def job_result(store: JobStore, job: JobRecord) -> dict[str, Any]:
-    return assemble_result(JobSpec.model_validate(job.spec), store.cells(job.id), job.engine)
+    spec, rounds = JobSpec.model_validate(job.spec), store.round_entries(job.id)
+    return assemble_result(spec, store.cells(job.id), job.engine, rounds)
 
 
 def figure(result: dict[str, Any]) -> bytes | None:

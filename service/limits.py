@@ -21,10 +21,11 @@ from typing import Annotated, Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import AfterValidator, BeforeValidator
+from pydantic import BeforeValidator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bo_engine.cost import JobCost, job_cost
+from bo_engine.rounds import SpecView, budget_spec
 from bo_engine.spec import JobSpec
 from jobmodel.settings import Settings
 from service.errors import UnsupportedMediaType
@@ -168,18 +169,10 @@ def _bound(field: str, s: Settings) -> tuple[str, float]:
     return setting, getattr(s, setting)
 
 
-def not_adaptive(spec: JobSpec) -> JobSpec:
-    """The service runs specs whose cells are all known at submission; an adaptive spec (a
-    refine section, or seeds to a target) is answered 422 naming what makes it adaptive."""
-    if spec.is_adaptive:
-        fields = ["refine"] if spec.refine is not None else []
-        fields += [] if isinstance(spec.seeds, int) else ["seeds"]
-        raise ValueError(
-            f"{' and '.join(fields)}: adaptive specs (a refine section, or seeds as "
-            "{min, max, target}) run with `bolab run --local` for now; the service does not "
-            "run them yet"
-        )
-    return spec
+def priced(spec: JobSpec) -> JobSpec | SpecView:
+    """What admission and the estimate price: the spec's cells, or, for an adaptive spec,
+    its budget (`bo_engine.rounds.budget_spec`: every line at its most cells and seeds)."""
+    return budget_spec(spec) if spec.is_adaptive else spec
 
 
 def violations(
@@ -188,7 +181,9 @@ def violations(
     """Every bound the resolved spec breaks, one message each: the size bounds on every cell
     (the values the engine will use), then the cost model's bounds on work, memory, one step
     and the result (`bo_engine.cost`). The work counts only the runs to train: `cached_runs`
-    (cell index -> runs of it the run cache holds) cost nothing."""
+    (cell index -> runs of it the run cache holds) cost nothing. An adaptive spec is priced
+    by its budget (`priced`)."""
+    spec = priced(spec)  # type: ignore[assignment]
     values: dict[str, list[Any]] = {field: [] for field in BOUNDED}
     values["seed"] = []
     for cell in spec.cells:
@@ -202,7 +197,7 @@ def violations(
 def over_max_cost(spec: JobSpec, s: Settings) -> bool:
     """Whether the work of all the job's runs is over max_cost: only then can the runs the
     cache holds change the verdict, so only then is the cache read."""
-    return job_cost(spec, parallel_runs=s.max_parallel_runs).work > s.max_cost
+    return job_cost(priced(spec), parallel_runs=s.max_parallel_runs).work > s.max_cost  # type: ignore[arg-type]
 
 
 def over_bounds_error(problems: list[str], body: Any) -> RequestValidationError:
@@ -240,11 +235,10 @@ def _show(value: float) -> str:
 
 def prechecked_spec(settings: Settings) -> Any:
     """The body type of POST /v1/jobs: the JobSpec schema after `precheck` (a grid too big to
-    expand is refused before it is), for specs the service runs (`not_adaptive`). The route
+    expand is refused before it is). The route
     collects the resolved spec's `violations`: a dry run lists them, a submit answers them as
     `over_bounds_error`."""
     return Annotated[
         JobSpec,
         BeforeValidator(lambda data: precheck(data, settings)),
-        AfterValidator(not_adaptive),
     ]

@@ -88,6 +88,18 @@ class ProgressView(BaseModel):
     fraction: float = Field(ge=0, le=1)
     batches_done: int
     batches_total: int | None = Field(description="null until a worker has planned the job")
+    round: int | None = Field(
+        None,
+        description="an adaptive job: the round planned last (0 first; batches are numbered "
+        "across rounds); null for a job whose cells are known at submission, or before its "
+        "first round",
+    )
+    runs_bound: int | None = Field(
+        None,
+        description="an adaptive job: the most runs it may use, its budget (lines x "
+        "max_cells_per_line x the most seeds); runs_total is the same, and fraction is of it "
+        "until the job succeeds (then 1)",
+    )
 
 
 class JobSummary(BaseModel):
@@ -278,11 +290,16 @@ def _time(ts: float | None) -> datetime | None:
 
 
 def progress_view(job: JobRecord, progress: Progress) -> ProgressView:
+    data = progress_data(progress.runs_done, job.runs_total)
+    if job.adaptive and job.status == JobStatus.succeeded:
+        data["fraction"] = 1.0  # done under its budget
     return ProgressView(
-        **progress_data(progress.runs_done, job.runs_total),
+        **data,
         runs_cached=progress.runs_cached,
         batches_done=progress.batches_done,
         batches_total=job.batches_total,
+        round=job.round if job.adaptive else None,
+        runs_bound=job.runs_total if job.adaptive else None,
     )
 
 

@@ -30,6 +30,7 @@ def test_submit_poll_and_fetch_everything(lab: LabClient) -> None:
     assert job["status"] == "succeeded", job.get("error")
     progress = dict(job["progress"])
     assert 0 <= progress.pop("runs_cached") <= 4  # the session's lab may hold these runs
+    assert progress.pop("round") is None and progress.pop("runs_bound") is None  # not adaptive
     assert progress == {
         "runs_done": 4, "runs_total": 4, "fraction": 1.0, "batches_done": 1, "batches_total": 1,
     }  # fmt: skip

@@ -182,3 +182,17 @@ def test_estimate_over_a_bound_cannot_be_confirmed(page: Page, lab: LabClient) -
     expect(page.locator("#estimate")).to_be_hidden()
     expect(page.locator("#submit")).to_be_visible()
     assert len(lab.list(limit=200)["items"]) == before
+
+
+def test_a_refine_job_page_shows_its_round_and_boundary_plot(page: Page, lab: LabClient) -> None:
+    from tests.test_adaptive_service import REFINE_JOB
+
+    job_id = lab.submit(REFINE_JOB)["id"]
+    base = str(lab.http.base_url).rstrip("/")
+    page.goto(f"{base}/ui/#/jobs/{job_id}")
+    expect(page.locator("#job-round")).to_contain_text(re.compile(r"round \d+"), timeout=60_000)
+    expect(page.locator("#job-status")).to_contain_text("succeeded", timeout=120_000)
+    expect(page.locator("#boundary-plot")).to_be_visible(timeout=30_000)
+    page.wait_for_function("() => document.querySelector('#boundary-plot').naturalWidth > 0")
+    headers = page.locator("#summary th").all_inner_texts()
+    assert headers[:3] == ["n", "d_over_n", "gamma"]  # the grid axes, then the refine axis

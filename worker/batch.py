@@ -165,9 +165,10 @@ class BatchRun:
         # Last: the engine reports the runs' progress right after this callback, and a status
         # read in between should not see the cell with no runs done yet.
         self.jobs.put_cell(self.job.id, cell, row)
-        if self.cache:  # the cell is stored: point the cache at its runs
+        if self.cache:  # the cell is stored: point the cache at the runs this batch has
             trained = [r for r in cell["runs"] if not r.get("cached") and cacheable(r)]
-            run_keys = [self.key_of[(cell["index"], r["seed"])] for r in trained]
+            slots = [(index, r["seed"]) for r in trained]
+            run_keys = [self.key_of[slot] for slot in slots if slot in self.key_of]
             self.cache.remember(self.job.id, cell["index"], run_keys)
 
     def should_cancel(self) -> bool:

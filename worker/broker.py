@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from jobmodel.queue import PLAN_JOB, RUN_BATCH, UNACKED, UNACKED_INDEX, broker_lists
+from jobmodel.queue import PLAN_JOB, RUN_BATCH, UNACKED, UNACKED_INDEX, broker_lists, plan_unit
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,9 @@ def _unit_of(message: dict[str, Any]) -> tuple[str, str] | None:
         if task not in (PLAN_JOB, RUN_BATCH):
             return None
         args = json.loads(base64.b64decode(message["body"]))[0]
-        return (args[0], "plan") if task == PLAN_JOB else (args[0], str(args[1]))
+        if task == PLAN_JOB:
+            return args[0], plan_unit(int(args[1]) if len(args) > 1 else 0)
+        return args[0], str(args[1])
     except (KeyError, IndexError, TypeError, ValueError):
         return None
 

@@ -4,8 +4,9 @@ Why not Celery alone: with `acks_late` a batch whose worker was SIGKILLed stays 
 `unacked` hash until the visibility timeout (hours, since it must exceed the longest batch), and
 a task killed by a hard time limit is acknowledged and gone. So:
 
-- A worker running a unit of a job (its planning, "plan", or batch i, "0", "1", ...) holds its
-  lease (`worker.lease`); a dead worker's lease expires within `lease_ttl_s`.
+- A worker running a unit of a job (its planning, "plan", an adaptive job's planning of round
+  k, "plan:k", or batch i, "0", "1", ... numbered across rounds) holds its lease
+  (`worker.lease`); a dead worker's lease expires within `lease_ttl_s`.
 - The reaper (one at a time, under a Redis lock; a thread in every worker's main process, so it
   runs whenever a worker is up to take the work, even with the API down) looks at every queued
   or running job, every `reaper_interval_s`. For each unit that is not finished and has no live
@@ -15,7 +16,8 @@ a task killed by a hard time limit is acknowledged and gone. So:
   started `max_attempts` times without finishing fails its job, with the reason. A job with
   every batch recorded done but still active (the last batch's worker died, or lost Redis,
   between recording the batch and closing the job) is closed as succeeded from the store
-  (`JobStore.close_if_done`).
+  (`JobStore.close_if_done`). An adaptive job with every batch so far done and its planner not
+  done yet has its next planning step open: the reaper sends it like a lost unit.
 
 Bound: a batch of a SIGKILLed worker is back in its queue at most lease_ttl_s + orphan_grace_s +
 reaper_interval_s after the kill (35 s by default), or, when no worker was up, one reaper lock
@@ -38,7 +40,7 @@ from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
 
-from jobmodel.queue import PLAN_JOB, QUEUES, RUN_BATCH
+from jobmodel.queue import PLAN_JOB, QUEUES, RUN_BATCH, plan_args, plan_unit
 from jobmodel.settings import Settings
 from jobmodel.store import Deletion, JobStore
 from worker.broker import BrokerView, broker_view, restore
@@ -95,7 +97,10 @@ class Reaper:
         """Why the unit fails its job (over its time limit, or started too often), or None."""
         limit = self.settings.batch_time_limit_s
         attempts, overdue = self.store.leases.attempts(job_id, unit)
-        name = "planning" if unit == "plan" else f"batch {unit}"
+        name = f"batch {unit}"
+        if unit.startswith("plan"):
+            _, _, round = unit.partition(":")
+            name = f"planning round {round}" if round else "planning"
         if overdue:
             return f"{name} ran over its time limit of {limit:g} s"
         if attempts >= self.settings.max_attempts:
@@ -143,17 +148,20 @@ class Reaper:
         if job is None or job.terminal:
             return []
         if job.batches_total is None:
-            return ["plan"]
+            return [plan_unit(0)]
         done = self.store.done_batches(job_id)
-        return [str(b) for b in range(job.batches_total) if b not in done]
+        units = [str(b) for b in range(job.batches_total) if b not in done]
+        if units or not job.adaptive or job.rounds_done:
+            return units
+        return [plan_unit((job.round or 0) + 1)]  # an adaptive job's next round
 
     def _resend(self, job_id: str, unit: str) -> None:
         from worker.celery_app import celery_app
 
         job = self.store.get(job_id)
         queue = job.queue if job else QUEUES[0]
-        if unit == "plan":
-            celery_app.send_task(PLAN_JOB, args=[job_id], queue=queue)
+        if unit.startswith("plan"):
+            celery_app.send_task(PLAN_JOB, args=plan_args(job_id, unit), queue=queue)
         else:
             celery_app.send_task(RUN_BATCH, args=[job_id, int(unit)], queue=queue)
 

@@ -17,11 +17,12 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init, worker_ready
 
 from bo_engine.plan import Batch, plan_batches
+from bo_engine.rounds import round_spec
 from bo_engine.spec import JobSpec
 from jobmodel import events
-from jobmodel.queue import PLAN_JOB, RUN_BATCH
-from jobmodel.store import JobStore
-from worker import heartbeat, reaper  # noqa: F401  (connect their signals in worker processes)
+from jobmodel.queue import PLAN_JOB, RUN_BATCH, plan_unit
+from jobmodel.store import JobRecord, JobStore
+from worker import heartbeat, reaper, rounds  # noqa: F401  (reaper, heartbeat: their signals)
 from worker.batch import BatchRun
 from worker.celery_app import celery_app, settings
 from worker.lease import Lease, leased
@@ -70,29 +71,39 @@ def _load(job_id: str) -> tuple[JobSpec, list[Batch]] | None:
 
 
 @celery_app.task(name=PLAN_JOB)
-def plan_job(job_id: str) -> None:
-    """Split a job into batches (cells that train together) and enqueue one task per batch."""
+def plan_job(job_id: str, round: int = 0) -> None:
+    """Split a job into batches (cells that train together) and enqueue one task per batch;
+    for an adaptive job, plan its round `round` (`worker.rounds`)."""
     # The lease tells the reaper this job's planning is alive (worker.lease).
-    with leased(store(), job_id, "plan", settings()) as lease:
-        if lease is not None:  # else another delivery is planning this job right now
-            _plan(job_id)
+    with leased(store(), job_id, plan_unit(round), settings()) as lease:
+        if lease is not None:  # else another delivery is planning this round right now
+            _plan(job_id, round)
 
 
-def _plan(job_id: str) -> None:
+def _plan(job_id: str, round: int) -> None:
     job = store().get(job_id)
     if job is None or job.terminal:
         return
     try:
         loaded = _load(job_id)
         assert loaded is not None
-        _, batches = loaded
+        spec, batches = loaded
+        if spec.is_adaptive:
+            rounds.plan(store(), job, spec, round, _send)
+            return
+    except redis.RedisError:
+        raise  # the store, not the job, failed: left for redelivery
     except Exception as exc:  # a spec the engine cannot plan: fail the job, not the worker
         log.exception("planning job %s failed", job_id)
         store().mark_failed(job_id, f"planning failed: {type(exc).__name__}: {exc}")
         return
     store().set_batches_total(job_id, len(batches))
     for batch in batches:
-        celery_app.send_task(RUN_BATCH, args=[job_id, batch.index], queue=job.queue)
+        _send(RUN_BATCH, [job_id, batch.index], job.queue)
+
+
+def _send(task: str, args: list[Any], queue: str) -> None:
+    celery_app.send_task(task, args=args, queue=queue)
 
 
 @celery_app.task(name=RUN_BATCH)
@@ -110,19 +121,46 @@ def _run_batch(job_id: str, batch_index: int, lease: Lease) -> None:
     if job is None or job.terminal:
         return
     if jobs.batch_done(job_id, batch_index):
-        # A redelivery of a finished batch: its worker may have died before closing the job.
-        jobs.close_if_done(job_id)
+        # A redelivery of a finished batch: its worker may have died before closing the job
+        # (or queueing an adaptive job's next round).
+        _after_last_batch(job, batch_index)
         return
-    loaded = _load(job_id)
-    assert loaded is not None
-    spec, batches = loaded
-    work = BatchRun(jobs, settings(), job, spec, batches[batch_index], lease)
+    work = _batch_run(jobs, job, batch_index, lease)
+    if work is None:
+        return
     if jobs.mark_running(job_id):
         jobs.emit(job_id, events.STATUS, {"status": "running"})
     work.log("batch.started", runs=work.batch.runs)
     engine = _train(work)
     if engine is not None:
         _finish(work, engine)
+
+
+def _batch_run(jobs: JobStore, job: JobRecord, batch_index: int, lease: Lease) -> BatchRun | None:
+    """The delivery of batch `batch_index`: of the spec's batches, or of an adaptive job's
+    round (None when no stored round has it)."""
+    loaded = _load(job.id)
+    assert loaded is not None
+    spec, batches = loaded
+    if not spec.is_adaptive:
+        return BatchRun(jobs, settings(), job, spec, batches[batch_index], lease)
+    plan = rounds.round_of(jobs, job.id, batch_index)
+    if plan is None:
+        return None
+    batch = plan.batches[batch_index - plan.first_batch]
+    view = round_spec(spec, plan.requests)
+    return rounds.RoundBatchRun(jobs, settings(), job, view, batch, lease)  # type: ignore[arg-type]
+
+
+def _after_last_batch(job: JobRecord, batch_index: int) -> None:
+    """Every batch so far is done: close the job, or queue an adaptive job's next round (a
+    duplicate of that step does nothing)."""
+    if not job.adaptive:
+        store().close_if_done(job.id)
+        return
+    plan = rounds.round_of(store(), job.id, batch_index)
+    if plan is not None and len(store().done_batches(job.id)) >= (job.batches_total or 0):
+        _send(PLAN_JOB, [job.id, plan.round + 1], job.queue)
 
 
 def _train(work: BatchRun) -> dict[str, Any] | None:
@@ -165,4 +203,4 @@ def _finish(work: BatchRun, engine: dict[str, Any]) -> None:
     last = jobs.finish_batch(job_id, batch.index, batch.runs, engine["wall_seconds"], engine)
     work.report_progress(batch.runs)
     if last:
-        jobs.close_if_done(job_id)
+        _after_last_batch(work.job, batch.index)

@@ -38,6 +38,7 @@ from service.limits import (
     over_bounds_error,
     over_max_cost,
     prechecked_spec,
+    priced,
     require_json,
     violations,
 )
@@ -106,7 +107,7 @@ def _result(
     if job.status == JobStatus.succeeded or (done and store.has_cells(job.id)):
         spec = JobSpec.model_validate(job.spec)
         cells = _visible_sources(store, store.cells(job.id), caller, job.id)
-        return assemble_result(spec, cells, job.engine)
+        return assemble_result(spec, cells, job.engine, store.round_entries(job.id))
     if job.terminal:
         raise Conflict(f"job {job.id} is {job.status.value} and finished no cell")
     raise Conflict(
@@ -217,12 +218,13 @@ def submit_job(
 ) -> JobAccepted | JSONResponse:
     problems = violations(spec, settings)
     cached: dict[int, int] = {}
-    if dry_run or (problems and over_max_cost(spec, settings)):
+    if not spec.is_adaptive and (dry_run or (problems and over_max_cost(spec, settings))):
         # Admission charges only the runs to train: the cache is read when that can matter.
+        # (An adaptive job is charged its whole budget: its cells are not known yet.)
         cached = store.cached_per_cell(spec, caller.owner, settings)
         problems = violations(spec, settings, cached) if cached else problems
     if dry_run:
-        found = estimate_view(estimator.estimate(spec, store, cached), problems)
+        found = estimate_view(estimator.estimate(priced(spec), store, cached), problems)
         return JSONResponse(found.model_dump(mode="json"))
     if problems:
         raise over_bounds_error(problems, spec.model_dump(mode="json", exclude_unset=True))
@@ -238,14 +240,15 @@ def submit_job(
     try:
         job = store.create(
             body,
-            runs_total=spec.runs_total,
-            cells_total=len(spec.cells),
+            runs_total=priced(spec).runs_total,
+            cells_total=len(priced(spec).cells),
             queue=queue_for(spec.device),
             owner=caller.owner,
             max_active=settings.max_active_jobs,
             idempotency=idem,
             notify_url=notify_url,
             job_queue=job_queue,
+            adaptive=spec.is_adaptive,
         )
     except IdempotentReplay as replay:
         if not replay.same_body:
@@ -374,8 +377,10 @@ def _json(value: Any) -> bytes:
     "/{job_id}/plot.png",
     summary="Job figure",
     description="The figure `bolab plot` draws from the results: mean test error as a heatmap "
-    "over a two-axis grid (log colour scale) or as lines over one axis. 409 while the job has "
-    "no results, or when the results cannot be drawn that way.",
+    "over a two-axis grid (log colour scale) or as lines over one axis; `kind=boundary`: an "
+    "adaptive refine job's boundary estimates with their intervals against the line axis, the "
+    "fitted power law and the theory's slope. 409 while the job has no results, or when the "
+    "results cannot be drawn that way.",
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}, **NOT_FOUND, **NOT_READY},
 )
@@ -385,8 +390,11 @@ async def get_plot(
     caller: CallerDep,
     renders: RendersDep,
     kind: Annotated[
-        Literal["auto", "heatmap", "lines"],
-        Query(description="auto: a heatmap for two swept axes with many values, else lines"),
+        Literal["auto", "heatmap", "lines", "boundary"],
+        Query(
+            description="auto: a heatmap for two swept axes with many values, else lines; "
+            "boundary: a refine job's boundaries"
+        ),
     ] = "auto",
     partial: Annotated[
         bool, Query(description="draw a running job's cells finished so far (else 409)")

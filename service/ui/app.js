@@ -182,8 +182,11 @@ async function jobPage(id) {
   const stop = new AbortController();
   let job;
   try { job = await getJson(`/v1/jobs/${id}`); } catch (error) { showError(error); return () => {}; }
-  const axes = axesOf(job.spec);
+  const refine = job.spec.refine;  // an adaptive boundary search: rounds and a boundary plot
+  const axes = refine ? [...axesOf(job.spec).filter((a) => a !== refine.axis), refine.axis] : axesOf(job.spec);
   const kind = plotKind(job.spec);
+  const roundText = el("span", { id: "job-round", class: "muted" });
+  const boundary = el("img", { class: "plot", id: "boundary-plot", alt: "boundary estimates", hidden: true });
   const status = el("span", { id: "job-status" });
   const progress = el("div", { id: "job-progress" });
   const progressText = el("span", { id: "progress-text", class: "muted" });
@@ -206,7 +209,19 @@ async function jobPage(id) {
 
   function setProgress(p) {
     progress.replaceChildren(bar(p.fraction, true));
-    progressText.textContent = `${p.runs_done}/${p.runs_total} runs (${Math.round(100 * p.fraction)} %)`;
+    const budget = p.runs_bound == null ? "" : " of the budget";
+    progressText.textContent = `${p.runs_done}/${p.runs_total} runs${budget} (${Math.round(100 * p.fraction)} %)`;
+    if (p.round != null) setRound(p.round);
+  }
+  function setRound(k) { roundText.textContent = `round ${k}`; }
+  async function showBoundary() {
+    // A finished refine job: the boundary estimates against the line axis.
+    if (!refine || !TERMINAL.includes(job.status) || !boundary.hidden) return;
+    try {
+      const blob = await (await api(`/v1/jobs/${id}/plot.png?kind=boundary`)).blob();
+      boundary.src = URL.createObjectURL(blob);
+      boundary.hidden = false;
+    } catch (_) { /* no cells, nothing to draw */ }
   }
   function setStatus(value) {
     job.status = value;
@@ -215,9 +230,11 @@ async function jobPage(id) {
     remove.hidden = !TERMINAL.includes(value);  // a queued or running job is cancelled first
   }
   function addRow(row) {
-    if (tbody.querySelector(`tr[data-index="${row.index}"]`)) return;
+    // A row again (an adaptive job's cell got more seeds in a later round) replaces its old one.
     const tr = el("tr", { "data-index": row.index },
       axes.map((a) => el("td", {}, fmt(row[a]))), COLUMNS.map(([k]) => el("td", {}, column(row, k))));
+    const old = tbody.querySelector(`tr[data-index="${row.index}"]`);
+    if (old) { old.replaceWith(tr); return; }
     const after = [...tbody.children].find((r) => Number(r.dataset.index) > row.index);
     tbody.insertBefore(tr, after || null);
   }
@@ -256,13 +273,13 @@ async function jobPage(id) {
   view.replaceChildren(
     el("h1", {}, "Job ", el("code", {}, id), " ", status),
     el("div", { class: "card" },
-      progress, el("div", { class: "actions" }, progressText, cancel, remove,
+      progress, el("div", { class: "actions" }, progressText, roundText, cancel, remove,
         el("a", { href: "#", onclick: (e) => { e.preventDefault(); download(`/v1/jobs/${id}/results?format=json`, `${id}.json`); } }, "results JSON"),
         el("a", { href: "#", onclick: (e) => { e.preventDefault(); download(`/v1/jobs/${id}/results?format=csv`, `${id}.csv`); } }, "CSV"),
         el("span", { class: "muted" }, `owner ${job.owner || "—"} · queue ${job.queue} · created ${job.created_at}`)),
       error),
     el("div", { class: "grid" },
-      el("section", { class: "card" }, el("h2", {}, "Plot"), plotNote, plot),
+      el("section", { class: "card" }, el("h2", {}, "Plot"), plotNote, plot, boundary),
       el("section", { class: "card" }, el("h2", {}, "Spec"), el("pre", { id: "spec" }, JSON.stringify(job.spec, null, 2)))),
     el("section", { class: "card" }, el("h2", {}, "Summary (one row per finished cell)"),
       el("div", { class: "scroll" }, el("table", { id: "summary" },
@@ -270,15 +287,18 @@ async function jobPage(id) {
         tbody))));
   setJob(job);
   if (tbody.children.length) refreshPlot();
+  showBoundary();
   if (!TERMINAL.includes(job.status)) {
     (async () => {
       for await (const event of sse(`/v1/jobs/${id}/events`, stop.signal)) {
         if (event.event === "status") setStatus(event.data.status);
         else if (event.event === "progress") setProgress(event.data);
         else if (event.event === "cell") { addRow(event.data); refreshPlot(); }
+        else if (event.event === "round") setRound(event.data.round);
         else if (event.event === "end") {
           setJob(await getJson(`/v1/jobs/${id}`));
           refreshPlot();
+          showBoundary();
         }
       }
     })();
