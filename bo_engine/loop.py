@@ -12,11 +12,14 @@ matrix G = X X^T), is the Gram form of the module docstring of `bo_engine.train`
 
     dC_ji = lr y_i a_j sigma'(z_ji)                                for i in A
     dZ_j  = a_j sum_{i in A} sigma'(z_ji) g_i
-          = a_j (alpha u + (1 - alpha) sum_{i in P_j} g_i)         P_j = {i in A : z_ji > 0}
-          = a_j (u - (1 - alpha) sum_{i in A - P_j} g_i)           u = sum_{i in A} g_i
+          = a_j (alpha u + (1 - alpha) s_j)        u = sum_{i in A} g_i, s_j = sum_{i in P_j} g_i
 
-taking whichever of P_j and A - P_j is smaller, so that row j costs (1 + min) n multiply-adds
-instead of |A| n. The same iterates as the tensor step, up to rounding.
+with P_j = {i in A : z_ji > 0}. With a small step size A and the P_j change in only a few points
+from one step to the next, so u and s_j are kept from step to step and adjusted by the rows g_i
+of the points that enter or leave: a step costs O(width n) plus n per change, instead of
+re-summing |A| / 2 rows of G for every row j. The sums are rebuilt exactly (from empty sets) at
+every resync of Z, so their rounding cannot drift. The same iterates as the tensor step, up to
+rounding.
 """
 
 from __future__ import annotations
@@ -55,9 +58,102 @@ CALL_SECONDS = 0.1
 
 
 @numba.njit(nogil=True, cache=True)
-def gd_steps(z, c, gram, y, lr_y, a, alpha, zero_loss, budget, f):  # pragma: no cover (compiled)
+def outputs(z, a, alpha, f):  # pragma: no cover (compiled)
+    """f (n,) = a^T sigma(Z), summed over rows in order."""
+    m, n = z.shape
+    f[:] = 0
+    for j in range(m):
+        aj = a[j]
+        for i in range(n):
+            zji = z[j, i]
+            f[i] += aj * (zji if zji > 0 else alpha * zji)
+
+
+@numba.njit(nogil=True, cache=True)
+def add_row(target, coef, gram, i):  # pragma: no cover (compiled)
+    """target += coef * G_i."""
+    for col in range(target.shape[0]):
+        target[col] += coef * gram[i, col]
+
+
+@numba.njit(nogil=True, cache=True)
+def update_active(u, in_a, gram, lr_y, active, k, leaving):  # pragma: no cover (compiled)
+    """Mark A = active[:k] in in_a and make u its sum, by its changes or afresh (whichever adds
+    fewer rows of G); returns how many points left A, listed in `leaving`."""
+    n = in_a.shape[0]
+    changes, gone, t = 0, 0, 0
+    for i in range(n):
+        now = t < k and active[t] == i
+        t += now
+        if now != in_a[i]:
+            changes += 1
+            if not now:
+                leaving[gone] = i
+                gone += 1
+    if changes > k:
+        u[:] = 0
+        in_a[:] = False
+        for t in range(k):
+            add_row(u, lr_y[active[t]], gram, active[t])
+            in_a[active[t]] = True
+        return gone
+    for t in range(gone):
+        add_row(u, -lr_y[leaving[t]], gram, leaving[t])
+        in_a[leaving[t]] = False
+    for t in range(k):
+        i = active[t]
+        if not in_a[i]:
+            add_row(u, lr_y[i], gram, i)
+            in_a[i] = True
+    return gone
+
+
+@numba.njit(nogil=True, cache=True)
+def update_row(
+    j, z, c, gram, lr_y, aj, alpha, active, k, leaving, gone, s, u, in_p
+):  # pragma: no cover (compiled)
+    """Row j's step: dC_j on A, the new P_j in in_p[j], and s_j its sum (u already that of A),
+    by P_j's changes, or afresh from the smaller of P_j and A - P_j (s_j = u - the rest),
+    whichever adds fewer rows of G."""
+    positive, changes = 0, 0
+    for t in range(gone):
+        changes += in_p[j, leaving[t]]
+    for t in range(k):
+        i = active[t]
+        pos = z[j, i] > 0
+        c[j, i] += aj * lr_y[i] if pos else aj * alpha * lr_y[i]
+        positive += pos
+        changes += pos != in_p[j, i]
+    side = min(positive, k - positive)
+    for t in range(gone):
+        i = leaving[t]
+        if in_p[j, i] and changes <= side:
+            add_row(s[j], -lr_y[i], gram, i)
+        in_p[j, i] = False
+    take_positive = 2 * positive <= k
+    if changes > side and take_positive:
+        s[j] = 0
+    elif changes > side:
+        s[j] = u
+    for t in range(k):
+        i = active[t]
+        pos = z[j, i] > 0
+        if changes <= side:
+            if pos != in_p[j, i]:
+                add_row(s[j], lr_y[i] if pos else -lr_y[i], gram, i)
+        elif pos == take_positive:
+            add_row(s[j], lr_y[i] if pos else -lr_y[i], gram, i)
+        in_p[j, i] = pos
+
+
+@numba.njit(nogil=True, cache=True)
+def gd_steps(
+    z, c, gram, y, lr_y, a, alpha, zero_loss, budget, f, s, u, in_p, in_a
+):  # pragma: no cover (compiled)
     """Up to `budget` GD steps in place on z (m, n) and c (m, n); returns (steps, reached).
 
+    s (m, n), u (n,), in_p (m, n) and in_a (n,) are the sums of the module docstring and the
+    sets they are sums over, as of the last step; all zero/False stands for empty sets.
     Before each step, and after the last, f (n,) is set to the outputs a^T sigma(Z) and the stop
     rule is tested on them: min_i y_i f_i >= 1 if `zero_loss`, else > 0. A run that meets it takes
     no further step, so on return f always holds the outputs of the returned state.
@@ -65,16 +161,10 @@ def gd_steps(z, c, gram, y, lr_y, a, alpha, zero_loss, budget, f):  # pragma: no
     m, n = z.shape
     beta = a[0] - alpha  # 1 - alpha in the dtype of z (a_0 = +1), so no loop mixes precisions
     active = np.empty(n, np.int64)
-    # Row j's active points: P_j from the front, the rest from the back.
-    sides = np.empty(n, np.int64)
-    u = np.empty(n, z.dtype)
+    leaving = np.empty(n, np.int64)
+    f_next = np.empty_like(f)
+    outputs(z, a, alpha, f)
     for step in range(budget + 1):
-        f[:] = 0
-        for j in range(m):
-            aj = a[j]
-            for i in range(n):
-                zji = z[j, i]
-                f[i] += aj * (zji if zji > 0 else alpha * zji)
         k = 0
         margin = np.inf
         for i in range(n):
@@ -87,35 +177,17 @@ def gd_steps(z, c, gram, y, lr_y, a, alpha, zero_loss, budget, f):  # pragma: no
             return step, True
         if step == budget:
             return step, False
-        u[:] = 0
-        for t in range(k):
-            i = active[t]
-            for col in range(n):
-                u[col] += lr_y[i] * gram[i, col]
+        gone = update_active(u, in_a, gram, lr_y, active, k, leaving)
+        f_next[:] = 0
         for j in range(m):
             aj = a[j]
-            positive, rest = 0, k
-            for t in range(k):
-                i = active[t]
-                if z[j, i] > 0:
-                    c[j, i] += aj * lr_y[i]
-                    sides[positive] = i
-                    positive += 1
-                else:
-                    c[j, i] += aj * alpha * lr_y[i]
-                    rest -= 1
-                    sides[rest] = i
-            # Sum the smaller side: P_j = sides[:positive] or its complement sides[positive:k].
-            take_positive = 2 * positive <= k
-            base = aj * alpha if take_positive else aj
-            side = aj * beta if take_positive else -aj * beta
+            update_row(j, z, c, gram, lr_y, aj, alpha, active, k, leaving, gone, s, u, in_p)
+            # dZ_j = a_j (alpha u + (1 - alpha) s_j), then row j's share of the next outputs.
             for col in range(n):
-                z[j, col] += base * u[col]
-            for t in range(0, positive) if take_positive else range(positive, k):
-                i = sides[t]
-                coef = side * lr_y[i]
-                for col in range(n):
-                    z[j, col] += coef * gram[i, col]
+                zji = z[j, col] + aj * (alpha * u[col] + beta * s[j, col])
+                z[j, col] = zji
+                f_next[col] += aj * (zji if zji > 0 else alpha * zji)
+        f[:] = f_next
     return budget, False
 
 
@@ -132,6 +204,10 @@ class LoopRun:
     a: np.ndarray  # (m,) outer weights
     alpha: np.floating
     f: np.ndarray  # (n,) outputs of the current state, set by every `gd_steps` call
+    s: np.ndarray  # (m, n) s_j = sum_{i in P_j} lr y_i G_i over the P_j of in_p
+    u: np.ndarray  # (n,) u = sum_{i in A} lr y_i G_i over the A of in_a
+    in_p: np.ndarray  # (m, n) bool: P_j as of the last step
+    in_a: np.ndarray  # (n,) bool: A as of the last step
 
     @classmethod
     def build(
@@ -161,6 +237,10 @@ class LoopRun:
             a=as_array(outer_weights(w0.shape[0])),
             alpha=z0.dtype.type(alpha),
             f=np.zeros(x.shape[0], z0.dtype),
+            s=np.zeros_like(z0),
+            u=np.zeros(x.shape[0], z0.dtype),
+            in_p=np.zeros(z0.shape, np.bool_),
+            in_a=np.zeros(x.shape[0], np.bool_),
         )
 
     def steps(self, budget: int, zero_loss: bool) -> tuple[int, bool]:
@@ -175,11 +255,18 @@ class LoopRun:
             zero_loss,
             budget,
             self.f,
+            self.s,
+            self.u,
+            self.in_p,
+            self.in_a,
         )
 
     def resync(self) -> None:
+        """Z = Z0 + C G afresh, and the sums emptied, to be rebuilt exactly by the next step."""
         np.matmul(self.c, self.gram, out=self.z)
         self.z += self.z0
+        for acc in (self.s, self.u, self.in_p, self.in_a):
+            acc.fill(0)
 
 
 def warm_up() -> None:
