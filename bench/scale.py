@@ -40,7 +40,11 @@ def one(n: int, seeds: int, threads: int, d_over_n: int) -> dict:
     # Compile or load the CPU loop before the clock starts.
     run_spec(JobSpec(n=4, d=8, width=2, n_test=1, max_margin_baseline=False))
     spec = JobSpec(
-        n=n, d=d_over_n * n, gamma=5 / n, seeds=seeds, max_margin_baseline=False,
+        n=n,
+        d=d_over_n * n,
+        gamma=5 / n,
+        seeds=seeds,
+        max_margin_baseline=False,
         max_steps=1_000_000,
     )
     started = time.perf_counter()
@@ -69,8 +73,16 @@ def measure(n: int, args: argparse.Namespace) -> dict:
         env["PYTHONPATH"] = str(Path(args.engine).resolve())
         env["NUMBA_CACHE_DIR"] = "/tmp/bolab-scale-numba-" + Path(args.engine).resolve().name
     cmd = [
-        sys.executable, __file__, "--one", str(n), "--seeds", str(args.seeds),
-        "--threads", str(args.threads), "--d-over-n", str(args.d_over_n),
+        sys.executable,
+        __file__,
+        "--one",
+        str(n),
+        "--seeds",
+        str(args.seeds),
+        "--threads",
+        str(args.threads),
+        "--d-over-n",
+        str(args.d_over_n),
     ]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -101,15 +113,20 @@ def main() -> None:
         return
     sizes = args.sizes + ([BIG] if args.big else [])
     print(f"engine {args.engine or 'this checkout'}, {args.seeds} seeds, {args.threads} thread(s)")
-    print(f"{'n':>6} {'d':>7} {'steps per run':>16} {'s per step':>11} {'s per run':>10} "
-          f"{'peak RSS MB':>12}")
+    print(
+        f"{'n':>6} {'d':>7} {'steps per run':>16} {'s per step':>11} {'s per run':>10} "
+        f"{'peak RSS MB':>12}"
+    )
     rows = []
     for n in sizes:
         r = measure(n, args)
         rows.append(r)
         steps = "-".join(str(s) for s in (min(r["steps"]), max(r["steps"])))
-        print(f"{n:>6} {r['d']:>7} {steps:>16} {r['seconds_per_step'] * 1e6:>9.1f}us "
-              f"{r['core_seconds_per_run']:>10.3f} {r['peak_rss_mb']:>12.0f}", flush=True)
+        print(
+            f"{n:>6} {r['d']:>7} {steps:>16} {r['seconds_per_step'] * 1e6:>9.1f}us "
+            f"{r['core_seconds_per_run']:>10.3f} {r['peak_rss_mb']:>12.0f}",
+            flush=True,
+        )
     if len(rows) > 1:
         print(f"fitted exponent of seconds per run vs n: {exponent(rows):.2f}")
 

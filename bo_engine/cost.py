@@ -113,10 +113,14 @@ def run_cost(
     work = (
         RUN_UNITS
         + DATA_UNITS * ((n + m) * d + t * (m + 1))
-        + (n * n * d if gram_form else 0) + m * n * d
+        + (n * n * d if gram_form else 0)
+        + m * n * d
         + cell.max_steps * step
         + points * (POINT_UNITS + m * n * n)
-        + m * n * d + m * m * d + m**3 + t * m * m
+        + m * n * d
+        + m * m * d
+        + m**3
+        + t * m * m
         + (n * n * d + NNLS_UNITS * n**3 if baseline else 0)
     )
     size = DTYPE_BYTES[dtype]

@@ -38,15 +38,15 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from bo_engine.chunks import Checkpoint, Stopped, checkpoint, matmul_rows, no_checkpoint
-from bo_engine.data import TrainSet, make_train_set
 from bo_engine.metrics import (
     fit_metrics,
     gram_weight_norms,
     stop_reason,
     trajectory_point,
 )
-from bo_engine.model import init_weights, outer_weights
+from bo_engine.model import outer_weights
 from bo_engine.plan import RunSetup
+from bo_engine.products import draw_run_data
 from bo_engine.report import Reporter
 
 # Recompute Z from C this often (in steps) so that rounding in the incremental update cannot
@@ -222,25 +222,40 @@ class LoopRun:
     ) -> LoopRun:
         """From float64 inputs x (n, d), labels y (n,) and W(0) (m, d); arithmetic in `dtype`.
         The products over d run in blocks with `check()` between them."""
+        z0, gram = matmul_rows(w0, x.T, check), matmul_rows(x, x.T, check)
+        return cls.of_products(gram, z0, y, lr, alpha, dtype)
+
+    @classmethod
+    def of_products(
+        cls,
+        gram: torch.Tensor,
+        z0: torch.Tensor,
+        y: torch.Tensor,
+        lr: float,
+        alpha: float,
+        dtype,
+    ) -> LoopRun:
+        """From G = X X^T (n, n), Z0 = W(0) X^T (m, n) and labels y (n,), float64."""
 
         def as_array(t: torch.Tensor) -> np.ndarray:
             return t.to(dtype).contiguous().numpy()
 
-        z0 = as_array(matmul_rows(w0, x.T, check))
+        z0_a = as_array(z0)
+        n = z0_a.shape[1]
         return cls(
-            z0=z0,
-            z=z0.copy(),
-            c=np.zeros_like(z0),
-            gram=as_array(matmul_rows(x, x.T, check)),
+            z0=z0_a,
+            z=z0_a.copy(),
+            c=np.zeros_like(z0_a),
+            gram=as_array(gram),
             y=as_array(y),
             lr_y=as_array(lr * y),
-            a=as_array(outer_weights(w0.shape[0])),
-            alpha=z0.dtype.type(alpha),
-            f=np.zeros(x.shape[0], z0.dtype),
-            s=np.zeros_like(z0),
-            u=np.zeros(x.shape[0], z0.dtype),
-            in_p=np.zeros(z0.shape, np.bool_),
-            in_a=np.zeros(x.shape[0], np.bool_),
+            a=as_array(outer_weights(z0.shape[0])),
+            alpha=z0_a.dtype.type(alpha),
+            f=np.zeros(n, z0_a.dtype),
+            s=np.zeros_like(z0_a),
+            u=np.zeros(n, z0_a.dtype),
+            in_p=np.zeros(z0_a.shape, np.bool_),
+            in_a=np.zeros(n, np.bool_),
         )
 
     def steps(self, budget: int, zero_loss: bool) -> tuple[int, bool]:
@@ -373,13 +388,15 @@ def train_in_threads(
         """The run's result; None when the batch stopped before the run began to train."""
         check = checkpoint(stop)
         try:
-            run, train, w0 = prepare(setup, check)
+            check()  # a run still queued when the batch stops never starts
+            data = draw_run_data(setup.cell, setup.seed, check)
         except Stopped:
             return None
         cell = setup.cell
+        run = LoopRun.of_products(data.gram, data.z0, data.y, cell.lr, cell.alpha, dtype)
         # Views of the loop's arrays: they follow the run as it trains.
         views = {k: torch.from_numpy(getattr(run, k)) for k in ("c", "z0", "gram", "y", "f")}
-        w0_sq = w0.pow(2).sum().to(views["c"].dtype)
+        w0_sq = data.w0_gram.trace().to(views["c"].dtype)
         trajectory: list[dict[str, Any]] | None = [] if record_every else None
 
         def record(step: int) -> None:
@@ -395,22 +412,12 @@ def train_in_threads(
             stop=stop,
         )
         reason = stop_reason(reached, cell.stop, steps >= cell.max_steps, stop.is_set())
-        w = w0 + views["c"].double() @ train.x
-        f = views["f"]
         try:
-            return reporter.result_of(setup, train, w, f, steps, reason, trajectory, check)
+            return reporter.result_of(
+                setup, data, views["c"], views["f"], steps, reason, trajectory, check
+            )
         except Stopped:  # the batch stopped while the run's baseline was being solved
             return None
-
-    def prepare(setup: RunSetup, check: Checkpoint) -> tuple[LoopRun, TrainSet, torch.Tensor]:
-        """Data, W(0) and the Gram products of one run; `check` raises `Stopped` once the batch
-        stops."""
-        check()  # a run still queued when the batch stops never starts
-        cell = setup.cell
-        train = make_train_set(cell, setup.seed, check)
-        w0 = init_weights(cell, setup.seed, check)
-        run = LoopRun.build(train.x, train.y, w0, cell.lr, cell.alpha, dtype, check)
-        return run, train, w0
 
     cancelled = False
     with one_thread_per_run() as threads, ThreadPoolExecutor(threads, "bolab-run") as pool:
