@@ -183,3 +183,17 @@ def test_a_stop_reaches_a_run_of_slow_steps_within_a_call() -> None:
     finally:
         timer.cancel()
     assert not reached and 0 < steps < 500
+
+
+def test_the_loop_keeps_exact_sums_over_the_active_set_and_each_rows_pattern() -> None:
+    """After each call, u is the sum of lr y_i G_i over A and s_j over P_j = {i in A : z_ji > 0}
+    of the last step, however many points entered or left them on the way."""
+    cell, train, w0 = one_run(40, 40, 16, 0.1)
+    run = LoopRun.build(train.x, train.y, w0, cell.lr, cell.alpha, F64)
+    for _ in range(30):
+        assert run.steps(7, zero_loss=True) == (7, False)
+        rows = run.lr_y[:, None] * run.gram
+        np.testing.assert_allclose(run.u, run.in_a @ rows, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(run.s, run.in_p @ rows, rtol=0, atol=1e-12)
+        assert not (run.in_p & ~run.in_a).any()  # P_j within A
+    assert run.in_a.any() and run.in_p.any()
