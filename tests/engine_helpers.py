@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -63,3 +67,16 @@ def capture_results(
 
     monkeypatch.setattr(train_mod, "products_result", spy)
     return seen
+
+
+def last_number_printed(script: str, body: dict[str, Any]) -> int:
+    """Run `script` with the JSON `body` as its argument in a fresh interpreter (one thread), and
+    return the last number it printed."""
+    measured = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(body)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    return int(measured.stdout.split()[-1])

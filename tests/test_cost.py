@@ -3,15 +3,11 @@ is never below what a real run holds at its peak (measured in a fresh process)."
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
 from bo_engine.cost import job_cost, run_cost
 from bo_engine.spec import JobSpec
+from tests.engine_helpers import last_number_printed
 
 pytestmark = pytest.mark.fast
 
@@ -96,14 +92,7 @@ def test_a_cpu_holds_parallel_runs_at_once_a_gpu_the_whole_batch() -> None:
     ids=["large d", "large width", "baseline"],
 )
 def test_memory_estimate_is_never_below_the_measured_peak(body: dict) -> None:
-    measured = subprocess.run(
-        [sys.executable, "-c", PEAK_RSS, json.dumps(body)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    peak = int(measured.stdout.split()[-1])
+    peak = last_number_printed(PEAK_RSS, body)
     estimate = job_cost(JobSpec.model_validate(body), parallel_runs=1).peak_batch_bytes
     assert estimate >= peak, f"estimated {estimate / 2**20:.0f} MiB, measured {peak / 2**20:.0f}"
 

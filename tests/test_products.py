@@ -4,11 +4,6 @@ that does not grow with d."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -17,6 +12,7 @@ from bo_engine.metrics import products_result, run_result
 from bo_engine.model import init_weights
 from bo_engine.products import RunData, draw_run_data
 from bo_engine.spec import JobSpec, TheoryRule
+from tests.engine_helpers import last_number_printed
 
 pytestmark = pytest.mark.fast
 
@@ -67,12 +63,5 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
 def test_drawing_a_run_holds_no_inputs() -> None:
     """n = 200, d = 300000: x alone would be 480 MB of float64; the draw holds one chunk."""
     body = {"n": 200, "d": 300_000, "width": 4, "n_test": 1}
-    measured = subprocess.run(
-        [sys.executable, "-c", PEAK_GROWTH, json.dumps(body)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    grown = int(measured.stdout.split()[-1])
+    grown = last_number_printed(PEAK_GROWTH, body)
     assert grown < 100 * 2**20, f"grew by {grown / 2**20:.0f} MiB"
