@@ -93,18 +93,21 @@ def _padded(t: torch.Tensor, size: int, dims: tuple[int, ...]) -> torch.Tensor:
 
 
 def _build(
-    setups: list[RunSetup],
-    data: list[TrainSet],
-    w0: list[torch.Tensor],
-    device,
-    dtype,
-    check: Checkpoint = no_checkpoint,
+    setups: list[RunSetup], data: list[TrainSet], w0: list[torch.Tensor], device, dtype
 ) -> _LiveRuns:
-    """The batch from explicit training sets and W(0): the plain form keeps X and W."""
-    products = [RunData.from_explicit(t, w) for t, w in zip(data, w0, strict=True)]
-    if uses_gram_form(setups[0].cell.n, setups[0].cell.d):
-        return _stack(setups, products, device, dtype)
-    return _stack(setups, products, device, dtype, ([t.x for t in data], w0))
+    """The batch from explicit training sets and W(0)."""
+    return _from_explicit(setups, data, w0, device, dtype)[1]
+
+
+def _from_explicit(
+    setups: list[RunSetup], trains: list[TrainSet], w0: list[torch.Tensor], device, dtype
+) -> tuple[list[RunData], _LiveRuns]:
+    """The runs' products and the batch from explicit training sets and W(0); the plain form
+    keeps X and W."""
+    data = [RunData.from_explicit(t, w) for t, w in zip(trains, w0, strict=True)]
+    gram_form = uses_gram_form(setups[0].cell.n, setups[0].cell.d)
+    plain = None if gram_form else ([t.x for t in trains], w0)
+    return data, _stack(setups, data, device, dtype, plain)
 
 
 def _stack(
@@ -264,8 +267,7 @@ def _prepare(
         return data, _stack(setups, data, device, dtype)
     trains = [make_train_set(s.cell, s.seed, check) for s in setups]
     w0 = [init_weights(s.cell, s.seed, check) for s in setups]
-    data = [RunData.from_explicit(t, w) for t, w in zip(trains, w0, strict=True)]
-    return data, _stack(setups, data, device, dtype, ([t.x for t in trains], w0))
+    return _from_explicit(setups, trains, w0, device, dtype)
 
 
 def _train_batched(

@@ -1,9 +1,10 @@
 """The compiled CPU loop (`bo_engine.loop`) against the batched tensor step, and the thread pool
 that `train_batch` runs it in.
 
-The loop sums each row's update over the smaller of two sides of the active set (the points with
-z > 0, or the rest); the first test checks, float64 over 200 steps, that both sides were taken
-and that the iterates equal the batched `_step`'s.
+The loop keeps the sum of G's rows over the active set and over each row's pattern from step to
+step, adjusted by the points that change (or rebuilt from the smaller side of the active set);
+the first test checks, float64 over 200 steps on data where both sides of the active set occur,
+that the iterates equal the batched `_step`'s, and the last that the kept sums stay exact.
 """
 
 from __future__ import annotations
