@@ -61,7 +61,7 @@ RUN_UNITS = 5e7  # per run: seeding, Python bookkeeping, the result document
 BATCH_UNITS = 1e9  # per batch: starting its task, its thread pool, first calls
 
 # Memory constants, in bytes.
-PROCESS_BYTES = 600 << 20  # a worker process with torch, numba and scipy loaded
+PROCESS_BYTES = 768 << 20  # a worker with torch, numba, scipy; numba compiling on a cold cache
 # Coordinates per chunk of the draw (bo_engine.data.CHUNK_COLUMNS); a chunk's noise is drawn in
 # float32 and used in float64, W0's columns in float64.
 DATA_CHUNK_COLUMNS = 4096

@@ -58,7 +58,7 @@ def _detail(response: httpx.Response) -> str:
                 "n_test": 1,
                 "max_margin_baseline": False,
             },
-            ["estimated peak memory of one batch 1.62e+10 bytes", "max_batch_bytes = 8.59e+09"],
+            ["estimated peak memory of one batch 1.63e+10 bytes", "max_batch_bytes = 8.59e+09"],
         ),
         (
             {"n": 5000, "d": 1250, "width": 512, "max_steps": 1, "max_margin_baseline": False},
