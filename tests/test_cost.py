@@ -61,8 +61,8 @@ def test_the_baseline_and_the_trajectory_are_counted() -> None:
 
 def test_a_gram_run_holds_no_inputs_whatever_d() -> None:
     """The Gram form accumulates its products over chunks of d: n = 2000, d = 50000 (3.5 GB when
-    the inputs were built whole) holds under 512 MiB beyond the process, the same at any d, and counts the baseline's
-    factors."""
+    the inputs were built whole) holds under 512 MiB beyond the process, the same at any d, and
+    counts the baseline's factors."""
     n = 2000
     peaks = [
         job_cost(

@@ -10,6 +10,7 @@ that the iterates equal the batched `_step`'s, and the last that the kept sums s
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -169,21 +170,30 @@ def test_the_loop_paces_its_calls_to_a_tenth_of_a_second() -> None:
     assert next_budget(7, 0, 0.0) == 7  # nothing was taken: nothing learned
 
 
-def test_a_stop_reaches_a_run_of_slow_steps_within_a_call() -> None:
-    """Steps of tens of milliseconds each: a stop set 0.3 s in ends the run long before the 1000
-    steps between two resyncs (which used to be one call of the loop)."""
+def test_a_stop_reaches_a_run_within_a_call(monkeypatch) -> None:
+    """With no resync to end a call, only the pacing does: a stop set 0.3 s into a run of
+    millions of steps ends it within a few calls of CALL_SECONDS."""
+    monkeypatch.setattr(loop_mod, "RESYNC_EVERY", 10**9)
     cell, train, w0 = one_run(400, 400, 256, 0.1)
-    cell = cell.model_copy(update={"lr": 1e-12})  # every point stays active: every step is dear
+    cell = cell.model_copy(update={"lr": 1e-12})  # every point stays active: no run ends
     run = LoopRun.build(train.x, train.y, w0, cell.lr, cell.alpha, F64)
-    stop = threading.Event()
-    timer = threading.Timer(0.3, stop.set)
+    assert run.steps(0, zero_loss=True) == (0, False)  # compiled (or loaded) before the clock
+    stop, stopped_at = threading.Event(), []
+
+    def set_stop() -> None:
+        stopped_at.append(time.monotonic())
+        stop.set()
+
+    timer = threading.Timer(0.3, set_stop)
     timer.start()
-    kwargs = {"max_steps": 10_000, "zero_loss": True, "record_every": None, "record": print}
+    kwargs = {"max_steps": 10**8, "zero_loss": True, "record_every": None, "record": print}
     try:
         steps, reached = train_run(run, **kwargs, stop=stop)
     finally:
         timer.cancel()
-    assert not reached and 0 < steps < 500
+    ended = time.monotonic()
+    assert not reached and 0 < steps < 10**8
+    assert ended - stopped_at[0] < 30 * CALL_SECONDS  # loose: the machine may be busy
 
 
 def test_the_loop_keeps_exact_sums_over_the_active_set_and_each_rows_pattern() -> None:
