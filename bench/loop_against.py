@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import sys
 import threading
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ def load_loop(checkout: str) -> ModuleType:
     path = Path(checkout).resolve() / "bo_engine" / "loop.py"
     spec = importlib.util.spec_from_file_location("other_loop", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # numba's on-disk cache looks the module up by name
     spec.loader.exec_module(module)
     module.warm_up()
     return module

@@ -54,9 +54,15 @@ def test_loop_iterates_equal_the_batched_step(n: int, d: int, width: int, alpha:
             sides |= set((2 * positive <= int(active.sum())).tolist())  # the side each row sums
         _step(b, a, yf)
 
-    run = LoopRun.build(train.x, train.y, w0, cell.lr, cell.alpha, F64)
-    assert run.steps(STEPS, zero_loss=True) == (STEPS, False)  # no early stop: 200 steps compared
+    for steps in (LoopRun.direct_steps, LoopRun.incremental_steps):
+        run = LoopRun.build(train.x, train.y, w0, cell.lr, cell.alpha, F64)
+        assert steps(run, STEPS, zero_loss=True) == (STEPS, False)  # no early stop: 200 compared
+        assert_iterates_equal(run, b, a)
     assert sides == {True, False}
+
+
+def assert_iterates_equal(run: LoopRun, b, a: torch.Tensor) -> None:
+    """The loop's C, Z and outputs are the batched program's."""
     scale = float(b.c.abs().max())
     np.testing.assert_allclose(run.c, b.c[0].numpy(), rtol=0, atol=1e-10 * scale)
     np.testing.assert_allclose(run.z, b.z[0].numpy(), rtol=0, atol=1e-10)
@@ -64,8 +70,10 @@ def test_loop_iterates_equal_the_batched_step(n: int, d: int, width: int, alpha:
     assert float((b.z[0] - b.z0[0]).abs().max()) > 1e-3  # training moved Z
 
 
-def test_train_run_records_resyncs_and_stops_on_budget(monkeypatch) -> None:
+@pytest.mark.parametrize("incremental_min_n", [0, 10**9])  # sums kept, or re-summed
+def test_train_run_records_resyncs_and_stops_on_budget(monkeypatch, incremental_min_n) -> None:
     """Returning to Python every few steps (records, resyncs) leaves the iterates as they were."""
+    monkeypatch.setattr(loop_mod, "INCREMENTAL_MIN_N", incremental_min_n)
     cell, train, w0 = one_run(24, 60, 16, 0.1)
     whole = LoopRun.build(train.x, train.y, w0, cell.lr, cell.alpha, F64)
     assert whole.steps(50, zero_loss=True) == (50, False)
@@ -202,7 +210,7 @@ def test_the_loop_keeps_exact_sums_over_the_active_set_and_each_rows_pattern() -
     cell, train, w0 = one_run(40, 40, 16, 0.1)
     run = LoopRun.build(train.x, train.y, w0, cell.lr, cell.alpha, F64)
     for _ in range(30):
-        assert run.steps(7, zero_loss=True) == (7, False)
+        assert run.incremental_steps(7, zero_loss=True) == (7, False)
         rows = run.lr_y[:, None] * run.gram
         np.testing.assert_allclose(run.u, run.in_a @ rows, rtol=0, atol=1e-12)
         np.testing.assert_allclose(run.s, run.in_p @ rows, rtol=0, atol=1e-12)
