@@ -74,6 +74,20 @@ def outputs(z, a, alpha, f):  # pragma: no cover (compiled)
 
 
 @numba.njit(nogil=True, cache=True)
+def active_set(y, f, active):  # pragma: no cover (compiled)
+    """A = {i : y_i f_i < 1} into active[:k]; returns (k, min_i y_i f_i)."""
+    k = 0
+    margin = np.inf
+    for i in range(y.shape[0]):
+        yf = y[i] * f[i]
+        margin = min(margin, yf)
+        if yf < 1:
+            active[k] = i
+            k += 1
+    return k, margin
+
+
+@numba.njit(nogil=True, cache=True)
 def add_row(target, coef, gram, i):  # pragma: no cover (compiled)
     """target += coef * G_i."""
     for col in range(target.shape[0]):
@@ -169,14 +183,7 @@ def gd_steps(
     f_next = np.empty_like(f)
     outputs(z, a, alpha, f)
     for step in range(budget + 1):
-        k = 0
-        margin = np.inf
-        for i in range(n):
-            yf = y[i] * f[i]
-            margin = min(margin, yf)
-            if yf < 1:
-                active[k] = i
-                k += 1
+        k, margin = active_set(y, f, active)
         if (margin >= 1) if zero_loss else (margin > 0):
             return step, True
         if step == budget:
@@ -213,20 +220,8 @@ def gd_steps_direct(
     sides = np.empty(n, np.int64)
     u = np.empty(n, z.dtype)
     for step in range(budget + 1):
-        f[:] = 0
-        for j in range(m):
-            aj = a[j]
-            for i in range(n):
-                zji = z[j, i]
-                f[i] += aj * (zji if zji > 0 else alpha * zji)
-        k = 0
-        margin = np.inf
-        for i in range(n):
-            yf = y[i] * f[i]
-            margin = min(margin, yf)
-            if yf < 1:
-                active[k] = i
-                k += 1
+        outputs(z, a, alpha, f)
+        k, margin = active_set(y, f, active)
         if (margin >= 1) if zero_loss else (margin > 0):
             return step, True
         if step == budget:
