@@ -49,40 +49,54 @@ def _dual_lbfgs(q: torch.Tensor, check: Checkpoint) -> torch.Tensor:
     return torch.from_numpy(res.x)
 
 
-def _separable(yx: torch.Tensor) -> bool:
-    """Is there a w with y_i <w, x_i> >= 1 for all i? An LP feasibility problem (HiGHS)."""
-    n, d = yx.shape
+def _separable(q: torch.Tensor) -> bool:
+    """Is there a w with y_i <w, x_i> >= 1 for all i? Such a w may be taken in the span of the
+    x_i, w = sum_i beta_i y_i x_i, so: is there a beta with Q beta >= 1? An LP feasibility
+    problem (HiGHS) in n variables, whatever d."""
+    n = q.shape[0]
     lp = linprog(
-        np.zeros(d), A_ub=-yx.numpy(), b_ub=-np.ones(n), bounds=[(None, None)] * d, method="highs"
+        np.zeros(n), A_ub=-q.numpy(), b_ub=-np.ones(n), bounds=[(None, None)] * n, method="highs"
     )
     return lp.status == 0
+
+
+def max_margin_dual(
+    gram: torch.Tensor, y: torch.Tensor, check: Checkpoint = no_checkpoint
+) -> torch.Tensor | None:
+    """beta (n,) with w* = X^T beta the least-norm w with y_i <w, x_i> >= 1, or None if there
+    is no such w; from G = X X^T (n, n) and y (n,) in {-1, +1}, float64 on the CPU.
+
+    `check()` is called between the stages (and L-BFGS-B's iterations), so that a stop ends
+    the solve.
+    """
+    q = y[:, None] * gram * y[None, :]
+
+    def primal(lam: torch.Tensor | None) -> torch.Tensor | None:
+        if lam is None:
+            return None
+        margins = q @ lam  # y_i <w, x_i> of w = sum_i lam_i y_i x_i
+        feasible = (
+            bool(torch.isfinite(margins).all()) and float(margins.min()) >= 1 - FEASIBILITY_TOL
+        )
+        return y * lam if feasible else None
+
+    # NNLS is exact when Q is well conditioned; near d = n it may not be, so L-BFGS-B backs it
+    # up. A positive definite Q means independent x_i, separable under any labels; otherwise an
+    # LP decides first, since without a separator the dual has no minimum to find.
+    check()
+    lam = _dual_nnls(q)
+    check()
+    beta = primal(lam)
+    if beta is None and (lam is not None or _separable(q)):
+        check()
+        beta = primal(_dual_lbfgs(q, check))
+    return beta
 
 
 def max_margin_classifier(
     x: torch.Tensor, y: torch.Tensor, check: Checkpoint = no_checkpoint
 ) -> torch.Tensor | None:
-    """w* (d,) with y_i <w*, x_i> >= 1 and the least norm, or None if no such w exists.
-
-    x (n, d) and y (n,) in {-1, +1}, float64 on the CPU. `check()` is called between the
-    stages (and the blocks of Q, and L-BFGS-B's iterations), so that a stop ends the solve.
-    """
-    yx = y[:, None] * x
-    q = matmul_rows(yx, yx.T, check)
-
-    def primal(lam: torch.Tensor | None) -> torch.Tensor | None:
-        if lam is None:
-            return None
-        w = yx.T @ lam
-        feasible = bool(torch.isfinite(w).all()) and float((yx @ w).min()) >= 1 - FEASIBILITY_TOL
-        return w if feasible else None
-
-    # NNLS is exact when Q is well conditioned; near d = n it may not be, so L-BFGS-B backs it
-    # up. A positive definite Q means independent x_i, separable under any labels; otherwise an
-    # LP decides first, since without a separator the dual has no minimum to find.
-    lam = _dual_nnls(q)
-    check()
-    w = primal(lam)
-    if w is None and (lam is not None or _separable(yx)):
-        check()
-        w = primal(_dual_lbfgs(q, check))
-    return w
+    """w* (d,) with y_i <w*, x_i> >= 1 and the least norm, or None if no such w exists; x (n, d)
+    and y (n,) in {-1, +1}, float64 on the CPU (`max_margin_dual` on x x^T)."""
+    beta = max_margin_dual(matmul_rows(x, x.T, check), y, check)
+    return None if beta is None else x.T @ beta

@@ -81,6 +81,14 @@ def matmul_rows(a: torch.Tensor, b: torch.Tensor, check: Checkpoint) -> torch.Te
     return out
 
 
+def addmm_rows(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, check: Checkpoint) -> None:
+    """out += a @ b in place, for a (m, k) and b (k, p), in blocks of rows of a; `check()` after
+    each block."""
+    for rows in row_blocks(a.shape[0], a.shape[1] * b.shape[1], BLOCK_WORK, PRODUCT_ROW_ALIGN):
+        out[rows].addmm_(a[rows], b)
+        check()
+
+
 def normal_row_blocks(rows: int, cols: int) -> list[slice]:
     """Row blocks of a (rows, cols) normal draw that continue one generator stream exactly (each a
     multiple of 16 numbers) and keep the row alignment of products over them."""

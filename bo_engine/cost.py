@@ -11,23 +11,31 @@ run slower per operation carry a weight, measured on the project's CPU (`bench/c
 
     data        each of the n d inputs, width d initial weights and n_test (width + 1) test
                 outputs is a random draw (then mixed): DATA_UNITS each
-    products    G = X X^T (n^2 d, Gram form) and Z0 = W0 X^T (width n d)
+    products    G = X X^T (n^2 d), Z0 = W0 X^T (width n d) and W0 W0^T (width^2 d)
     training    max_steps x one step: f = a^T sigma(Z) (width n) + the update; the compiled loop
                 sums u (n |A|) and, per row, the smaller side of its active set (width n |A|/2);
                 the batched program does a dense width n^2 (Gram) or 2 width n d (plain) update
                 plus a fixed dispatch cost per step
     recording   every `record_every` steps a trajectory point: ||W|| from C G (width n^2) and
                 POINT_UNITS of Python
-    result      W = W0 + C X (width n d), the test outputs' covariance and its Cholesky
-                factor (width^2 d + width^3) and the outputs themselves (n_test width^2)
-    baseline    Q = (y y^T) G (n^2 d) and the dual NNLS (NNLS_UNITS n^3)
+    result      W W^T = W0 W0^T + 2 sym(C Z0^T) + C G C^T (width n^2 + width^2 n), the
+                Cholesky factor of the test outputs' covariance (width^3) and the outputs
+                themselves (n_test width^2)
+    baseline    the dual NNLS on Q = (y y^T) G (NNLS_UNITS n^3)
 
-**Memory** is what drawing the inputs holds (float64 x and one block of temporaries, which the
-allocator keeps for later) plus the largest later phase (W(0), the Gram matrix and the training
-state in the run's dtype, W and its projections with the test outputs, or the baseline's y x and
-n x n factors), plus the process itself (PROCESS_BYTES: Python, torch, numba, scipy). A CPU trains a
-batch's runs `parallel_runs` at a time, each holding its own; the batched program holds every
-run of a batch at once.
+**Memory** of a Gram-form run does not grow with d: the products it trains and reports from
+(G, Z0 = W0 X^T, X v, W0 v, W0 W0^T: `bo_engine.products`) are accumulated over chunks of
+DATA_CHUNK_COLUMNS coordinates, so it holds them, one chunk's draw (float32 noise and its float64
+copy, W0's columns) and an n x n temporary, plus the largest later phase: the training state in
+the run's dtype (G, Z0, Z, C and the loop's sums), the results' width x width moments and test
+outputs, or the baseline's Q and its factors (5 n^2). In float64 bytes, with c = min(d, chunk):
+
+    peak = 8 (2 n^2 + 2 m n + m^2) + c (12 n + 8 m) + max(training, results, 5 n^2 baseline)
+
+A plain-form run (d < n / 4) forms X and W0 whole (twice n d while X is formed) instead.
+Plus the process itself (PROCESS_BYTES: Python, torch, numba, scipy). A CPU trains a batch's
+runs `parallel_runs` at a time, each holding its own; the batched program holds every run of a
+batch at once.
 
 **Result size** is the JSON of each run (RUN_JSON_BYTES) and of its trajectory points
 (POINT_JSON_BYTES each): what the job store keeps and `/results` sends.
@@ -54,11 +62,11 @@ RUN_UNITS = 5e7  # per run: seeding, Python bookkeeping, the result document
 BATCH_UNITS = 1e9  # per batch: starting its task, its thread pool, first calls
 
 # Memory constants, in bytes.
-PROCESS_BYTES = 600 << 20  # a worker process with torch, numba and scipy loaded
-# The inputs are drawn in row blocks (bo_engine.chunks.BLOCK_NUMBERS numbers, at least 16 rows):
-# x itself, plus one block's float32 draw, noise, projection and mix.
-DATA_BLOCK_NUMBERS = 1 << 22
-DATA_BLOCK_BYTES_PER_NUMBER = 4 + 4 * F64
+PROCESS_BYTES = 768 << 20  # a worker with torch, numba, scipy; numba compiling on a cold cache
+# Coordinates per chunk of the draw (bo_engine.data.CHUNK_COLUMNS); a chunk's noise is drawn in
+# float32 and used in float64, W0's columns in float64.
+DATA_CHUNK_COLUMNS = 4096
+NOISE_BYTES_PER_NUMBER = 4 + F64
 RUN_JSON_BYTES = 700  # one run's result without its trajectory
 CELL_JSON_BYTES = 2500  # one cell's params and summary
 POINT_JSON_BYTES = 200  # one trajectory point
@@ -108,32 +116,41 @@ def run_cost(
 ) -> RunCost:
     """The whole of one run: data, products, training, recording, result and baseline."""
     m, n, d, t = cell.width, cell.n, cell.d, cell.n_test
-    gram_form = uses_gram_form(n, d)
     step = step_work(cell, dtype, trained_in_loop(cell, device))
     points = trajectory_points(cell, record_every)
     work = (
         RUN_UNITS
         + DATA_UNITS * ((n + m) * d + t * (m + 1))
-        + (n * n * d if gram_form else 0) + m * n * d
+        + (n * n + m * n + m * m) * d
         + cell.max_steps * step
         + points * (POINT_UNITS + m * n * n)
-        + m * n * d + m * m * d + m**3 + t * m * m
-        + (n * n * d + NNLS_UNITS * n**3 if baseline else 0)
+        + m * n * n
+        + m * m * n
+        + m**3
+        + t * m * m
+        + (n * n + NNLS_UNITS * n**3 if baseline else 0)
     )
     size = DTYPE_BYTES[dtype]
-    inputs = F64 * n * d
-    block = min(n * d, max(DATA_BLOCK_NUMBERS, 16 * d))
-    # The allocator keeps what the data draw freed, so later phases add to it (measured).
-    drawn = inputs + DATA_BLOCK_BYTES_PER_NUMBER * block
-    later = (
-        F64 * m * d + (F64 + size) * (n * n + m * n),  # W(0), G and Z0 (and their copies)
-        F64 * m * d + size * (n * n + 3 * m * n),  # training state
-        4 * F64 * m * d + 5 * F64 * m * m + 3 * F64 * t * (m + 1),  # W0, W, W P; test outputs
-        inputs + 5 * F64 * n * n if baseline else 0,  # y x, Q, its factor, NNLS's copies
+    plain = 0 if uses_gram_form(n, d) else size * (n + m) * d  # X and W in the run's dtype
+    peak = data_bytes(cell) + max(
+        size * (n * n + 4 * m * n) + m * n + plain,  # training state: G, Z0, Z, C, s, P
+        F64 * (4 * m * m + m * n) + 3 * F64 * t * (m + 1),  # moments, C G; test outputs
+        5 * F64 * n * n if baseline else 0,  # Q, its factor, NNLS's copies
     )
     result = RUN_JSON_BYTES + POINT_JSON_BYTES * points
     stage = max(step, NNLS_UNITS * n**3 if baseline else 0)
-    return RunCost(work, int(drawn + max(later)), result, stage, points)
+    return RunCost(work, int(peak), result, stage, points)
+
+
+def data_bytes(cell: Cell) -> int:
+    """Peak bytes of drawing one run's data: its products (kept for the run) with an n x n
+    temporary and one chunk in the Gram form; X and W0 whole, twice, in the plain form."""
+    m, n, d = cell.width, cell.n, cell.d
+    products = F64 * (2 * n * n + 2 * m * n + m * m + 3 * n)
+    chunk = min(d, DATA_CHUNK_COLUMNS) * (NOISE_BYTES_PER_NUMBER * n + F64 * (m + 1))
+    if uses_gram_form(n, d):
+        return products + chunk
+    return products + chunk + 2 * F64 * (n + m) * d
 
 
 def job_cost(
@@ -182,7 +199,14 @@ def _batch_bytes(costs: list[tuple[Cell, RunCost]], spec: JobSpec, parallel_runs
     n = max(c.n for c, _ in costs)
     size = DTYPE_BYTES[spec.dtype]
     held = sum(
-        c.seeds * ((F64 + size) * (c.n + c.width) * c.d + size * (n * n + 3 * c.width * n))
-        for c, _ in costs
+        c.seeds * (_held_inputs(c, size) + size * (n * n + 3 * c.width * n)) for c, _ in costs
     )
     return held + peaks[0]
+
+
+def _held_inputs(cell: Cell, size: int) -> int:
+    """What the batched program keeps of one run besides its stacked state: the products (and
+    in the plain form X and W0, in float64 and in the run's dtype)."""
+    m, n, d = cell.width, cell.n, cell.d
+    products = F64 * (n * n + 2 * m * n + m * m + 3 * n)
+    return products if uses_gram_form(n, d) else products + (F64 + size) * (n + m) * d

@@ -12,11 +12,14 @@ matrix G = X X^T), is the Gram form of the module docstring of `bo_engine.train`
 
     dC_ji = lr y_i a_j sigma'(z_ji)                                for i in A
     dZ_j  = a_j sum_{i in A} sigma'(z_ji) g_i
-          = a_j (alpha u + (1 - alpha) sum_{i in P_j} g_i)         P_j = {i in A : z_ji > 0}
-          = a_j (u - (1 - alpha) sum_{i in A - P_j} g_i)           u = sum_{i in A} g_i
+          = a_j (alpha u + (1 - alpha) s_j)        u = sum_{i in A} g_i, s_j = sum_{i in P_j} g_i
 
-taking whichever of P_j and A - P_j is smaller, so that row j costs (1 + min) n multiply-adds
-instead of |A| n. The same iterates as the tensor step, up to rounding.
+with P_j = {i in A : z_ji > 0}. With a small step size A and the P_j change in only a few points
+from one step to the next, so u and s_j are kept from step to step and adjusted by the rows g_i
+of the points that enter or leave: a step costs O(width n) plus n per change, instead of
+re-summing |A| / 2 rows of G for every row j. The sums are rebuilt exactly (from empty sets) at
+every resync of Z, so their rounding cannot drift. The same iterates as the tensor step, up to
+rounding.
 """
 
 from __future__ import annotations
@@ -35,28 +38,176 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from bo_engine.chunks import Checkpoint, Stopped, checkpoint, matmul_rows, no_checkpoint
-from bo_engine.data import TrainSet, make_train_set
 from bo_engine.metrics import (
     fit_metrics,
     gram_weight_norms,
     stop_reason,
     trajectory_point,
 )
-from bo_engine.model import init_weights, outer_weights
+from bo_engine.model import outer_weights
 from bo_engine.plan import RunSetup
+from bo_engine.products import draw_run_data
 from bo_engine.report import Reporter
 
 # Recompute Z from C this often (in steps) so that rounding in the incremental update cannot
 # drift.
 RESYNC_EVERY = 1000
+# Runs of at least this many points keep their sums from step to step (`gd_steps`); smaller ones
+# re-sum the smaller side of each row's active set every step (`gd_steps_direct`), which does
+# less bookkeeping (bench/loop_against.py: the same speed at n = 600, 0.5-0.9x below).
+INCREMENTAL_MIN_N = 700
 # The loop returns to Python about this often (seconds), to notice a stop: the steps of each call
 # are paced from the time the last call took (`next_budget`), whatever a step costs.
 CALL_SECONDS = 0.1
 
 
 @numba.njit(nogil=True, cache=True)
-def gd_steps(z, c, gram, y, lr_y, a, alpha, zero_loss, budget, f):  # pragma: no cover (compiled)
+def outputs(z, a, alpha, f):  # pragma: no cover (compiled)
+    """f (n,) = a^T sigma(Z), summed over rows in order."""
+    m, n = z.shape
+    f[:] = 0
+    for j in range(m):
+        aj = a[j]
+        for i in range(n):
+            zji = z[j, i]
+            f[i] += aj * (zji if zji > 0 else alpha * zji)
+
+
+@numba.njit(nogil=True, cache=True)
+def active_set(y, f, active):  # pragma: no cover (compiled)
+    """A = {i : y_i f_i < 1} into active[:k]; returns (k, min_i y_i f_i)."""
+    k = 0
+    margin = np.inf
+    for i in range(y.shape[0]):
+        yf = y[i] * f[i]
+        margin = min(margin, yf)
+        if yf < 1:
+            active[k] = i
+            k += 1
+    return k, margin
+
+
+@numba.njit(nogil=True, cache=True)
+def add_row(target, coef, gram, i):  # pragma: no cover (compiled)
+    """target += coef * G_i."""
+    for col in range(target.shape[0]):
+        target[col] += coef * gram[i, col]
+
+
+@numba.njit(nogil=True, cache=True)
+def update_active(u, in_a, gram, lr_y, active, k, leaving):  # pragma: no cover (compiled)
+    """Mark A = active[:k] in in_a and make u its sum, by its changes or afresh (whichever adds
+    fewer rows of G); returns how many points left A, listed in `leaving`."""
+    n = in_a.shape[0]
+    changes, gone, t = 0, 0, 0
+    for i in range(n):
+        now = t < k and active[t] == i
+        t += now
+        if now != in_a[i]:
+            changes += 1
+            if not now:
+                leaving[gone] = i
+                gone += 1
+    if changes > k:
+        u[:] = 0
+        in_a[:] = False
+        for t in range(k):
+            add_row(u, lr_y[active[t]], gram, active[t])
+            in_a[active[t]] = True
+        return gone
+    for t in range(gone):
+        add_row(u, -lr_y[leaving[t]], gram, leaving[t])
+        in_a[leaving[t]] = False
+    for t in range(k):
+        i = active[t]
+        if not in_a[i]:
+            add_row(u, lr_y[i], gram, i)
+            in_a[i] = True
+    return gone
+
+
+@numba.njit(nogil=True, cache=True)
+def update_row(
+    j, z, c, gram, lr_y, aj, alpha, active, k, leaving, gone, s, u, in_p
+):  # pragma: no cover (compiled)
+    """Row j's step: dC_j on A, the new P_j in in_p[j], and s_j its sum (u already that of A),
+    by P_j's changes, or afresh from the smaller of P_j and A - P_j (s_j = u - the rest),
+    whichever adds fewer rows of G."""
+    positive, changes = 0, 0
+    for t in range(gone):
+        changes += in_p[j, leaving[t]]
+    for t in range(k):
+        i = active[t]
+        pos = z[j, i] > 0
+        c[j, i] += aj * lr_y[i] if pos else aj * alpha * lr_y[i]
+        positive += pos
+        changes += pos != in_p[j, i]
+    side = min(positive, k - positive)
+    for t in range(gone):
+        i = leaving[t]
+        if in_p[j, i] and changes <= side:
+            add_row(s[j], -lr_y[i], gram, i)
+        in_p[j, i] = False
+    take_positive = 2 * positive <= k
+    if changes > side and take_positive:
+        s[j] = 0
+    elif changes > side:
+        s[j] = u
+    for t in range(k):
+        i = active[t]
+        pos = z[j, i] > 0
+        if changes <= side:
+            if pos != in_p[j, i]:
+                add_row(s[j], lr_y[i] if pos else -lr_y[i], gram, i)
+        elif pos == take_positive:
+            add_row(s[j], lr_y[i] if pos else -lr_y[i], gram, i)
+        in_p[j, i] = pos
+
+
+@numba.njit(nogil=True, cache=True)
+def gd_steps(
+    z, c, gram, y, lr_y, a, alpha, zero_loss, budget, f, s, u, in_p, in_a
+):  # pragma: no cover (compiled)
     """Up to `budget` GD steps in place on z (m, n) and c (m, n); returns (steps, reached).
+
+    s (m, n), u (n,), in_p (m, n) and in_a (n,) are the sums of the module docstring and the
+    sets they are sums over, as of the last step; all zero/False stands for empty sets.
+    Before each step, and after the last, f (n,) is set to the outputs a^T sigma(Z) and the stop
+    rule is tested on them: min_i y_i f_i >= 1 if `zero_loss`, else > 0. A run that meets it takes
+    no further step, so on return f always holds the outputs of the returned state.
+    """
+    m, n = z.shape
+    beta = a[0] - alpha  # 1 - alpha in the dtype of z (a_0 = +1), so no loop mixes precisions
+    active = np.empty(n, np.int64)
+    leaving = np.empty(n, np.int64)
+    f_next = np.empty_like(f)
+    outputs(z, a, alpha, f)
+    for step in range(budget + 1):
+        k, margin = active_set(y, f, active)
+        if (margin >= 1) if zero_loss else (margin > 0):
+            return step, True
+        if step == budget:
+            return step, False
+        gone = update_active(u, in_a, gram, lr_y, active, k, leaving)
+        f_next[:] = 0
+        for j in range(m):
+            aj = a[j]
+            update_row(j, z, c, gram, lr_y, aj, alpha, active, k, leaving, gone, s, u, in_p)
+            # dZ_j = a_j (alpha u + (1 - alpha) s_j), then row j's share of the next outputs.
+            for col in range(n):
+                zji = z[j, col] + aj * (alpha * u[col] + beta * s[j, col])
+                z[j, col] = zji
+                f_next[col] += aj * (zji if zji > 0 else alpha * zji)
+        f[:] = f_next
+    return budget, False
+
+
+@numba.njit(nogil=True, cache=True)
+def gd_steps_direct(
+    z, c, gram, y, lr_y, a, alpha, zero_loss, budget, f
+):  # pragma: no cover (compiled)
+    """`gd_steps` summing, every step, the smaller of P_j and A - P_j for each row j: less
+    bookkeeping, faster at small n (INCREMENTAL_MIN_N).
 
     Before each step, and after the last, f (n,) is set to the outputs a^T sigma(Z) and the stop
     rule is tested on them: min_i y_i f_i >= 1 if `zero_loss`, else > 0. A run that meets it takes
@@ -69,20 +220,8 @@ def gd_steps(z, c, gram, y, lr_y, a, alpha, zero_loss, budget, f):  # pragma: no
     sides = np.empty(n, np.int64)
     u = np.empty(n, z.dtype)
     for step in range(budget + 1):
-        f[:] = 0
-        for j in range(m):
-            aj = a[j]
-            for i in range(n):
-                zji = z[j, i]
-                f[i] += aj * (zji if zji > 0 else alpha * zji)
-        k = 0
-        margin = np.inf
-        for i in range(n):
-            yf = y[i] * f[i]
-            margin = min(margin, yf)
-            if yf < 1:
-                active[k] = i
-                k += 1
+        outputs(z, a, alpha, f)
+        k, margin = active_set(y, f, active)
         if (margin >= 1) if zero_loss else (margin > 0):
             return step, True
         if step == budget:
@@ -132,6 +271,10 @@ class LoopRun:
     a: np.ndarray  # (m,) outer weights
     alpha: np.floating
     f: np.ndarray  # (n,) outputs of the current state, set by every `gd_steps` call
+    s: np.ndarray  # (m, n) s_j = sum_{i in P_j} lr y_i G_i over the P_j of in_p
+    u: np.ndarray  # (n,) u = sum_{i in A} lr y_i G_i over the A of in_a
+    in_p: np.ndarray  # (m, n) bool: P_j as of the last step
+    in_a: np.ndarray  # (n,) bool: A as of the last step
 
     @classmethod
     def build(
@@ -146,24 +289,55 @@ class LoopRun:
     ) -> LoopRun:
         """From float64 inputs x (n, d), labels y (n,) and W(0) (m, d); arithmetic in `dtype`.
         The products over d run in blocks with `check()` between them."""
+        z0, gram = matmul_rows(w0, x.T, check), matmul_rows(x, x.T, check)
+        return cls.of_products(gram, z0, y, lr, alpha, dtype)
+
+    @classmethod
+    def of_products(
+        cls,
+        gram: torch.Tensor,
+        z0: torch.Tensor,
+        y: torch.Tensor,
+        lr: float,
+        alpha: float,
+        dtype,
+    ) -> LoopRun:
+        """From G = X X^T (n, n), Z0 = W(0) X^T (m, n) and labels y (n,), float64."""
 
         def as_array(t: torch.Tensor) -> np.ndarray:
             return t.to(dtype).contiguous().numpy()
 
-        z0 = as_array(matmul_rows(w0, x.T, check))
+        z0_a = as_array(z0)
+        n = z0_a.shape[1]
         return cls(
-            z0=z0,
-            z=z0.copy(),
-            c=np.zeros_like(z0),
-            gram=as_array(matmul_rows(x, x.T, check)),
+            z0=z0_a,
+            z=z0_a.copy(),
+            c=np.zeros_like(z0_a),
+            gram=as_array(gram),
             y=as_array(y),
             lr_y=as_array(lr * y),
-            a=as_array(outer_weights(w0.shape[0])),
-            alpha=z0.dtype.type(alpha),
-            f=np.zeros(x.shape[0], z0.dtype),
+            a=as_array(outer_weights(z0.shape[0])),
+            alpha=z0_a.dtype.type(alpha),
+            f=np.zeros(n, z0_a.dtype),
+            s=np.zeros_like(z0_a),
+            u=np.zeros(n, z0_a.dtype),
+            in_p=np.zeros(z0_a.shape, np.bool_),
+            in_a=np.zeros(n, np.bool_),
         )
 
     def steps(self, budget: int, zero_loss: bool) -> tuple[int, bool]:
+        """Up to `budget` GD steps (`gd_steps`; `gd_steps_direct` below INCREMENTAL_MIN_N)."""
+        if self.z.shape[1] < INCREMENTAL_MIN_N:
+            return self.direct_steps(budget, zero_loss)
+        return self.incremental_steps(budget, zero_loss)
+
+    def direct_steps(self, budget: int, zero_loss: bool) -> tuple[int, bool]:
+        return gd_steps_direct(
+            self.z, self.c, self.gram, self.y, self.lr_y, self.a, self.alpha, zero_loss,
+            budget, self.f,
+        )  # fmt: skip
+
+    def incremental_steps(self, budget: int, zero_loss: bool) -> tuple[int, bool]:
         return gd_steps(
             self.z,
             self.c,
@@ -175,11 +349,18 @@ class LoopRun:
             zero_loss,
             budget,
             self.f,
+            self.s,
+            self.u,
+            self.in_p,
+            self.in_a,
         )
 
     def resync(self) -> None:
+        """Z = Z0 + C G afresh, and the sums emptied, to be rebuilt exactly by the next step."""
         np.matmul(self.c, self.gram, out=self.z)
         self.z += self.z0
+        for acc in (self.s, self.u, self.in_p, self.in_a):
+            acc.fill(0)
 
 
 def warm_up() -> None:
@@ -187,7 +368,9 @@ def warm_up() -> None:
     next to this module or under NUMBA_CACHE_DIR), so that no run pays for it."""
     x = torch.eye(2, dtype=torch.float64)
     for dtype in (torch.float32, torch.float64):
-        LoopRun.build(x, torch.ones(2, dtype=torch.float64), x, 1.0, 0.5, dtype).steps(1, False)
+        run = LoopRun.build(x, torch.ones(2, dtype=torch.float64), x, 1.0, 0.5, dtype)
+        run.direct_steps(1, False)
+        run.incremental_steps(1, False)
 
 
 def train_run(
@@ -286,13 +469,15 @@ def train_in_threads(
         """The run's result; None when the batch stopped before the run began to train."""
         check = checkpoint(stop)
         try:
-            run, train, w0 = prepare(setup, check)
+            check()  # a run still queued when the batch stops never starts
+            data = draw_run_data(setup.cell, setup.seed, check)
         except Stopped:
             return None
         cell = setup.cell
+        run = LoopRun.of_products(data.gram, data.z0, data.y, cell.lr, cell.alpha, dtype)
         # Views of the loop's arrays: they follow the run as it trains.
         views = {k: torch.from_numpy(getattr(run, k)) for k in ("c", "z0", "gram", "y", "f")}
-        w0_sq = w0.pow(2).sum().to(views["c"].dtype)
+        w0_sq = data.w0_gram.trace().to(views["c"].dtype)
         trajectory: list[dict[str, Any]] | None = [] if record_every else None
 
         def record(step: int) -> None:
@@ -308,22 +493,12 @@ def train_in_threads(
             stop=stop,
         )
         reason = stop_reason(reached, cell.stop, steps >= cell.max_steps, stop.is_set())
-        w = w0 + views["c"].double() @ train.x
-        f = views["f"]
         try:
-            return reporter.result_of(setup, train, w, f, steps, reason, trajectory, check)
+            return reporter.result_of(
+                setup, data, views["c"], views["f"], steps, reason, trajectory, check
+            )
         except Stopped:  # the batch stopped while the run's baseline was being solved
             return None
-
-    def prepare(setup: RunSetup, check: Checkpoint) -> tuple[LoopRun, TrainSet, torch.Tensor]:
-        """Data, W(0) and the Gram products of one run; `check` raises `Stopped` once the batch
-        stops."""
-        check()  # a run still queued when the batch stops never starts
-        cell = setup.cell
-        train = make_train_set(cell, setup.seed, check)
-        w0 = init_weights(cell, setup.seed, check)
-        run = LoopRun.build(train.x, train.y, w0, cell.lr, cell.alpha, dtype, check)
-        return run, train, w0
 
     cancelled = False
     with one_thread_per_run() as threads, ThreadPoolExecutor(threads, "bolab-run") as pool:

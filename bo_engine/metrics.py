@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
-from bo_engine.baselines import max_margin_classifier
+from bo_engine.baselines import max_margin_dual
 from bo_engine.chunks import Checkpoint, no_checkpoint
-from bo_engine.data import TrainSet, draw_test_outputs
+from bo_engine.data import TrainSet, draw_test_outputs_of
 from bo_engine.model import leaky_relu, outer_weights
+from bo_engine.products import RunData, WeightMoments
 from bo_engine.spec import Cell, TheoryRule
 from bo_engine.theory import theory
 
@@ -53,26 +55,48 @@ def run_result(
     f_train: torch.Tensor,
     steps: int,
     stop_reason: str,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """`products_result` for an explicit training set and W (width, d) float64."""
+    c = torch.zeros(w.shape[0], train.x.shape[0], dtype=torch.float64)
+    data = RunData.from_explicit(train, w)
+    return products_result(cell, seed, data, c, f_train, steps, stop_reason, **kwargs)
+
+
+def products_result(
+    cell: Cell,
+    seed: int,
+    data: RunData,
+    c: torch.Tensor,
+    f_train: torch.Tensor,
+    steps: int,
+    stop_reason: str,
     *,
     max_margin_baseline: bool,
     rule: TheoryRule,
     trajectory: list[dict[str, float]] | None,
     check: Checkpoint = no_checkpoint,
 ) -> dict[str, Any]:
-    """One run's result. `w` (width, d) float64; `f_train` the outputs the stop rule saw;
-    `check()` between the stages of the baseline (a stop raises `Stopped` from there)."""
-    y = train.y.to(f_train.device, f_train.dtype)
+    """One run's result, from its products and C (width, n) (W = W(0) + C X); `f_train` the
+    outputs the stop rule saw; `check()` between the stages of the baseline (a stop raises
+    `Stopped` from there)."""
+    y = data.y.to(f_train.device, f_train.dtype)
     fit = fit_metrics(y, f_train)
     yf = y * f_train
-    w = w.cpu()  # the rest is O(width d) work against CPU-generated data
-    weight_norm = float(w.norm())
-    w_star = max_margin_classifier(train.x, train.y, check) if max_margin_baseline else None
-    pre_test, lin_test, clean_test = draw_test_outputs(cell, seed, train.v, w, w_star)
+    c = c.cpu().double()
+    beta = max_margin_dual(data.gram, data.y, check) if max_margin_baseline else None
+    moments = WeightMoments.of(data, c, beta)
+    weight_norm = moments.weight_norm()
+    u = None
+    if beta is not None:
+        u = (moments.u_v, moments.u_sq - moments.u_v**2, moments.w_u - moments.w_v * moments.u_v)
+    pre_test, lin_test, clean_test = draw_test_outputs_of(
+        cell, seed, moments.w_v, moments.projected_gram(), u
+    )
     f_test = leaky_relu(pre_test, cell.alpha) @ outer_weights(cell.width)
-    w_v = w @ train.v
-    signal_norm = float(w_v.norm())
-    noise_norm = float((w - torch.outer(w_v, train.v)).norm())  # ||W (I - v v^T)||_F directly
-    corrupted = train.corrupted.to(yf.device)
+    signal_norm = float(moments.w_v.norm())
+    noise_norm = moments.noise_norm()
+    corrupted = data.corrupted.to(yf.device)
     result: dict[str, Any] = {
         "seed": seed,
         "steps": steps,
@@ -91,11 +115,11 @@ def run_result(
         "theory": theory(cell, rule),
     }
     if max_margin_baseline:
-        norm = float(w_star.norm()) if w_star is not None else None
+        norm = math.sqrt(max(moments.u_sq, 0.0)) if beta is not None else None
         result["max_margin"] = {
             "norm": norm,
             "test_error": misclassified(lin_test, clean_test) if lin_test is not None else None,
-            "separable": w_star is not None,
+            "separable": beta is not None,
             "margin_ratio": weight_norm / norm if norm else None,
         }
     if trajectory is not None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from bo_engine.chunks import Checkpoint, no_checkpoint, randn_rows
-from bo_engine.data import seeded_generator
+from bo_engine.chunks import Checkpoint, no_checkpoint
+from bo_engine.data import column_chunks, seeded_generator
 from bo_engine.spec import Cell
 
 
@@ -27,11 +27,21 @@ def network_output(w: torch.Tensor, x: torch.Tensor, alpha: float) -> torch.Tens
     return leaky_relu(x @ w.T, alpha) @ a
 
 
-def init_weights(cell: Cell, seed: int, check: Checkpoint = no_checkpoint) -> torch.Tensor:
-    """W(0): (width, d), entries N(0, init_scale^2), float64 on the CPU; drawn in row blocks
-    with `check()` between them (`bo_engine.chunks`)."""
+def init_chunk(cell: Cell, seed: int, chunk: int, cols: slice) -> torch.Tensor:
+    """Chunk `chunk` (columns `cols`, `bo_engine.data.column_chunks`) of W(0): (width, cols),
+    entries N(0, init_scale^2), float64, from a generator of its own."""
     gen = seeded_generator(
-        "init", width=cell.width, d=cell.d, init_scale=cell.init_scale, seed=seed
+        "init", width=cell.width, d=cell.d, init_scale=cell.init_scale, seed=seed, chunk=chunk
     )
-    w0 = randn_rows(cell.width, cell.d, gen, torch.float64, check)
-    return w0.mul_(cell.init_scale)
+    w = torch.randn(cell.width, cols.stop - cols.start, generator=gen, dtype=torch.float64)
+    return w.mul_(cell.init_scale)
+
+
+def init_weights(cell: Cell, seed: int, check: Checkpoint = no_checkpoint) -> torch.Tensor:
+    """W(0): (width, d), entries N(0, init_scale^2), float64 on the CPU; drawn in chunks of
+    columns with `check()` between them."""
+    chunks = []
+    for k, cols in enumerate(column_chunks(cell.d)):
+        chunks.append(init_chunk(cell, seed, k, cols))
+        check()
+    return torch.cat(chunks, 1)

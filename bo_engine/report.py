@@ -10,14 +10,14 @@ from typing import Any
 import torch
 
 from bo_engine.chunks import Checkpoint, Stopped
-from bo_engine.data import TrainSet
 from bo_engine.plan import RunSetup
+from bo_engine.products import RunData
 
-# What a training path makes of a finished run: (setup, train set, W float64, the outputs f the
-# stop rule saw, steps, stop reason, trajectory, checkpoint of the baseline) -> the run's result
-# (`train_batch` builds it).
+# What a training path makes of a finished run: (setup, its products, C (width, n) with
+# W = W(0) + C X, the outputs f the stop rule saw, steps, stop reason, trajectory, checkpoint of
+# the baseline) -> the run's result (`train_batch` builds it).
 ResultOf = Callable[
-    [RunSetup, TrainSet, torch.Tensor, torch.Tensor, int, str, list | None, Checkpoint],
+    [RunSetup, RunData, torch.Tensor, torch.Tensor, int, str, list | None, Checkpoint],
     dict[str, Any],
 ]
 

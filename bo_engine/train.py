@@ -29,18 +29,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bo_engine.chunks import Checkpoint, Stopped, matmul_rows, no_checkpoint
+from bo_engine.chunks import Checkpoint, Stopped, no_checkpoint
 from bo_engine.data import TrainSet, make_train_set
 from bo_engine.loop import RESYNC_EVERY, train_in_threads
 from bo_engine.metrics import (
     fit_metrics,
     gram_weight_norms,
-    run_result,
+    products_result,
     stop_reason,
     trajectory_point,
 )
 from bo_engine.model import init_weights, outer_weights
 from bo_engine.plan import RunSetup
+from bo_engine.products import RunData, draw_run_data
 from bo_engine.report import Reporter
 from bo_engine.spec import Cell, TheoryRule, uses_gram_form
 
@@ -92,32 +93,50 @@ def _padded(t: torch.Tensor, size: int, dims: tuple[int, ...]) -> torch.Tensor:
 
 
 def _build(
+    setups: list[RunSetup], data: list[TrainSet], w0: list[torch.Tensor], device, dtype
+) -> _LiveRuns:
+    """The batch from explicit training sets and W(0)."""
+    return _from_explicit(setups, data, w0, device, dtype)[1]
+
+
+def _from_explicit(
+    setups: list[RunSetup], trains: list[TrainSet], w0: list[torch.Tensor], device, dtype
+) -> tuple[list[RunData], _LiveRuns]:
+    """The runs' products and the batch from explicit training sets and W(0); the plain form
+    keeps X and W."""
+    data = [RunData.from_explicit(t, w) for t, w in zip(trains, w0, strict=True)]
+    gram_form = uses_gram_form(setups[0].cell.n, setups[0].cell.d)
+    plain = None if gram_form else ([t.x for t in trains], w0)
+    return data, _stack(setups, data, device, dtype, plain)
+
+
+def _stack(
     setups: list[RunSetup],
-    data: list[TrainSet],
-    w0: list[torch.Tensor],
+    data: list[RunData],
     device,
     dtype,
-    check: Checkpoint = no_checkpoint,
+    plain: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
 ) -> _LiveRuns:
+    """The batch from the runs' products; `plain` (their X and W(0)) for the plain form."""
+
     def stack(tensors: list[torch.Tensor], dims: tuple[int, ...] = ()) -> torch.Tensor:
         padded = [_padded(t, n, dims) for t in tensors]
         return torch.stack(padded).to(device=device, dtype=dtype)
 
     cells = [s.cell for s in setups]
     n = max(c.n for c in cells)
-    gram_form = uses_gram_form(cells[0].n, cells[0].d)
     y = stack([t.y for t in data], (0,))
     lr = torch.tensor([c.lr for c in cells], device=device, dtype=dtype).view(-1, 1)
     real = stack([torch.ones(c.n) for c in cells], (0,)) > 0
-    z0 = stack([matmul_rows(w, t.x.T, check) for w, t in zip(w0, data, strict=True)], (1,))
+    z0 = stack([t.z0 for t in data], (1,))
     return _LiveRuns(
         ids=torch.arange(len(setups), device=device),
         z0=z0,
         z=z0.clone(),
         c=torch.zeros_like(z0),
-        gram=stack([matmul_rows(t.x, t.x.T, check) for t in data], (0, 1)) if gram_form else None,
-        x=None if gram_form else stack([t.x for t in data]),
-        w=None if gram_form else stack(w0),
+        gram=stack([t.gram for t in data], (0, 1)) if plain is None else None,
+        x=None if plain is None else stack(plain[0]),
+        w=None if plain is None else stack(plain[1]),
         y=y,
         lr_y=lr * y,
         pad=torch.zeros_like(y).masked_fill_(~real, float("inf")),
@@ -175,14 +194,6 @@ def _resync(b: _LiveRuns) -> None:
         b.z = b.z0 + b.c @ b.gram
 
 
-def _weights(b: _LiveRuns, row: int, w0: torch.Tensor, train: TrainSet) -> torch.Tensor:
-    """W of one run in float64: W0 + C X (the plain form keeps W itself)."""
-    if b.w is not None:
-        return b.w[row].double()
-    x = train.x.to(b.c.device)
-    return w0.to(b.c.device) + b.c[row, :, : x.shape[0]].double() @ x
-
-
 def _weight_norms(b: _LiveRuns, w0_sq: torch.Tensor) -> torch.Tensor:
     """||W||_F per run of the batch."""
     if b.w is not None:
@@ -219,13 +230,14 @@ def train_batch(
     if len(keys) != 1:
         raise ValueError(f"runs of one batch must share a shape key; got {sorted(map(str, keys))}")
 
-    def result_of(setup, train, w, f, steps, reason, trajectory, check) -> dict[str, Any]:
-        return run_result(
+    def result_of(setup, data, c, f, steps, reason, trajectory, check) -> dict[str, Any]:
+        n = setup.cell.n
+        return products_result(
             setup.cell,
             setup.seed,
-            train,
-            w,
-            f[: setup.cell.n],
+            data,
+            c[:, :n],
+            f[:n],
             steps,
             reason,
             # A cancelled run skips the baseline (max_margin null): it would hold the cancel up.
@@ -244,6 +256,20 @@ def train_batch(
     )
 
 
+def _prepare(
+    setups: list[RunSetup], device, dtype, check: Checkpoint
+) -> tuple[list[RunData], _LiveRuns]:
+    """The runs' products and the batch: the Gram form from products accumulated over chunks of
+    d, the plain form (d well below n) from X and W(0) formed whole."""
+    cell = setups[0].cell
+    if uses_gram_form(cell.n, cell.d):
+        data = [draw_run_data(s.cell, s.seed, check) for s in setups]
+        return data, _stack(setups, data, device, dtype)
+    trains = [make_train_set(s.cell, s.seed, check) for s in setups]
+    w0 = [init_weights(s.cell, s.seed, check) for s in setups]
+    return _from_explicit(setups, trains, w0, device, dtype)
+
+
 def _train_batched(
     setups: list[RunSetup],
     *,
@@ -255,13 +281,11 @@ def _train_batched(
     """All runs as one batched tensor program on `device`, stepped in lockstep. A cancel while
     the data and products are built ends the batch with no run reported."""
     try:
-        data = [make_train_set(s.cell, s.seed, reporter.check) for s in setups]
-        w0 = [init_weights(s.cell, s.seed, reporter.check) for s in setups]
-        b = _build(setups, data, w0, device, dtype, reporter.check)
+        data, b = _prepare(setups, device, dtype, reporter.check)
     except Stopped:
         return True
     a = outer_weights(setups[0].cell.width, dtype, device)
-    w0_sq = torch.stack([w.pow(2).sum() for w in w0]).to(device=device, dtype=dtype)
+    w0_sq = torch.stack([t.w0_gram.trace() for t in data]).to(device=device, dtype=dtype)
     trajectories: list[list[dict[str, float]] | None] = [
         [] if record_every else None for _ in setups
     ]
@@ -273,9 +297,8 @@ def _train_batched(
         finished = []
         for row, reason in zip(rows, reasons, strict=True):
             i = int(b.ids[row])
-            w = _weights(b, row, w0[i], data[i])
             run = reporter.result_of(
-                setups[i], data[i], w, f[row], step, reason, trajectories[i], no_checkpoint
+                setups[i], data[i], b.c[row], f[row], step, reason, trajectories[i], no_checkpoint
             )
             finished.append((setups[i], run))
         reporter.report(finished)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +13,9 @@ import pytest
 import torch
 
 import bo_engine.train as train_mod
+from bo_engine.data import TrainSet
+from bo_engine.data import make_train_set as explicit_train_set
+from bo_engine.model import init_weights as explicit_init
 from bo_engine.spec import TheoryRule
 from bo_engine.train import RunSetup, train_batch
 
@@ -41,3 +48,35 @@ def train_runs(
         should_cancel=should_cancel,
     )
     return finished, cancelled
+
+
+def capture_results(
+    monkeypatch: pytest.MonkeyPatch,
+) -> dict[int, tuple[torch.Tensor, TrainSet, dict[str, Any]]]:
+    """Per seed, what `train_batch` hands to the result path: W = W(0) + C X formed explicitly
+    (from the same draw as the run's products), the explicit training set, and the result."""
+    seen: dict[int, tuple[torch.Tensor, TrainSet, dict[str, Any]]] = {}
+    real = train_mod.products_result
+
+    def spy(cell, seed, data, c, *args, **kwargs):
+        result = real(cell, seed, data, c, *args, **kwargs)
+        train = explicit_train_set(cell, seed)
+        w = explicit_init(cell, seed) + c.double().cpu() @ train.x
+        seen[seed] = (w, train, result)
+        return result
+
+    monkeypatch.setattr(train_mod, "products_result", spy)
+    return seen
+
+
+def last_number_printed(script: str, body: dict[str, Any]) -> int:
+    """Run `script` with the JSON `body` as its argument in a fresh interpreter (one thread), and
+    return the last number it printed."""
+    measured = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(body)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    return int(measured.stdout.split()[-1])

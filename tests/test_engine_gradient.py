@@ -15,7 +15,7 @@ from bo_engine.data import TrainSet, make_train_set
 from bo_engine.model import init_weights, network_output, outer_weights
 from bo_engine.spec import Cell, JobSpec
 from bo_engine.train import RunSetup, _build, _outputs, _step
-from tests.engine_helpers import train_runs
+from tests.engine_helpers import capture_results, train_runs
 
 pytestmark = pytest.mark.fast
 
@@ -156,27 +156,13 @@ def test_one_step_with_exactly_inactive_points_and_zero_preactivations(
     torch.testing.assert_close(w1[1], hand, rtol=0, atol=1e-15)
 
 
-def capture_weights(monkeypatch: pytest.MonkeyPatch) -> dict[int, tuple[torch.Tensor, dict]]:
-    """Record the W that `train_batch` hands to `run_result` (the result path), per seed."""
-    seen: dict[int, tuple[torch.Tensor, dict]] = {}
-    real = train_mod.run_result
-
-    def spy(cell, seed, train, w, *args, **kwargs):
-        result = real(cell, seed, train, w, *args, **kwargs)
-        seen[seed] = (w.clone(), result)
-        return result
-
-    monkeypatch.setattr(train_mod, "run_result", spy)
-    return seen
-
-
 @pytest.mark.usefixtures("engine_path")  # both CPU training paths (tests/conftest.py)
 @pytest.mark.parametrize("d", [20, 2])  # Gram form (4d >= n) and plain form (4d < n)
 def test_train_batch_one_step_through_result_path(monkeypatch, d: int) -> None:
-    seen = capture_weights(monkeypatch)
+    seen = capture_results(monkeypatch)
     cell = make_cell(d=d, alpha=0.2, gamma=0.2, stop="zero_loss", max_steps=1)
     train_runs([RunSetup(0, cell, 5)])
-    w1, result = seen[5]
+    w1, _, result = seen[5]
     train = make_train_set(cell, 5)
     w0 = init_weights(cell, 5)
     expected = autograd_gd(w0, train.x, train.y, cell.alpha, cell.lr, 1)
@@ -191,7 +177,7 @@ def test_train_batch_one_step_through_result_path(monkeypatch, d: int) -> None:
 @pytest.mark.parametrize("d", [20, 2])
 def test_batched_runs_that_stop_at_different_steps_follow_autograd_gd(monkeypatch, d) -> None:
     """Runs leave the batch at different steps; each survivor's W must still be its own GD."""
-    seen = capture_weights(monkeypatch)
+    seen = capture_results(monkeypatch)
     budgets = {0: 3, 1: 17, 2: 60, 3: 1}
     setups = [
         RunSetup(
@@ -206,7 +192,7 @@ def test_batched_runs_that_stop_at_different_steps_follow_autograd_gd(monkeypatc
         w0 = init_weights(setup.cell, setup.seed)
         budget = budgets[setup.seed]
         expected, steps = autograd_gd_until_zero_loss(w0, train.x, train.y, 0.25, 0.02, budget)
-        w, result = seen[setup.seed]
+        w, _, result = seen[setup.seed]
         assert result["steps"] == steps
         assert result["stop_reason"] == ("max_steps" if steps == budget else "zero_loss")
         stopped_early += steps < budget
@@ -218,7 +204,7 @@ def test_batched_runs_that_stop_at_different_steps_follow_autograd_gd(monkeypatc
 def test_padded_gram_batch_of_different_n_and_d_follows_autograd_gd(monkeypatch) -> None:
     """Gram-form runs of different n and d share a batch (padded to the largest n); each run's W
     must be its own GD, whatever the padding."""
-    seen = capture_weights(monkeypatch)
+    seen = capture_results(monkeypatch)
     shapes = {0: (12, 20, 25), 1: (16, 5, 60), 2: (9, 40, 8), 3: (16, 16, 60)}  # n, d, budget
     setups = [
         RunSetup(i, make_cell(n=n, d=d, alpha=0.3, gamma=0.1, stop="zero_loss", max_steps=m), i)
@@ -233,7 +219,7 @@ def test_padded_gram_batch_of_different_n_and_d_follows_autograd_gd(monkeypatch)
         expected, steps = autograd_gd_until_zero_loss(
             w0, train.x, train.y, cell.alpha, cell.lr, cell.max_steps
         )
-        w, result = seen[setup.seed]
+        w, _, result = seen[setup.seed]
         assert w.shape == (cell.width, cell.d)
         assert result["steps"] == steps
         torch.testing.assert_close(w, expected, rtol=0, atol=1e-11)

@@ -1,14 +1,16 @@
 """The compiled CPU loop (`bo_engine.loop`) against the batched tensor step, and the thread pool
 that `train_batch` runs it in.
 
-The loop sums each row's update over the smaller of two sides of the active set (the points with
-z > 0, or the rest); the first test checks, float64 over 200 steps, that both sides were taken
-and that the iterates equal the batched `_step`'s.
+The loop keeps the sum of G's rows over the active set and over each row's pattern from step to
+step, adjusted by the points that change (or rebuilt from the smaller side of the active set);
+the first test checks, float64 over 200 steps on data where both sides of the active set occur,
+that the iterates equal the batched `_step`'s, and the last that the kept sums stay exact.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -52,9 +54,15 @@ def test_loop_iterates_equal_the_batched_step(n: int, d: int, width: int, alpha:
             sides |= set((2 * positive <= int(active.sum())).tolist())  # the side each row sums
         _step(b, a, yf)
 
-    run = LoopRun.build(train.x, train.y, w0, cell.lr, cell.alpha, F64)
-    assert run.steps(STEPS, zero_loss=True) == (STEPS, False)  # no early stop: 200 steps compared
+    for steps in (LoopRun.direct_steps, LoopRun.incremental_steps):
+        run = LoopRun.build(train.x, train.y, w0, cell.lr, cell.alpha, F64)
+        assert steps(run, STEPS, zero_loss=True) == (STEPS, False)  # no early stop: 200 compared
+        assert_iterates_equal(run, b, a)
     assert sides == {True, False}
+
+
+def assert_iterates_equal(run: LoopRun, b, a: torch.Tensor) -> None:
+    """The loop's C, Z and outputs are the batched program's."""
     scale = float(b.c.abs().max())
     np.testing.assert_allclose(run.c, b.c[0].numpy(), rtol=0, atol=1e-10 * scale)
     np.testing.assert_allclose(run.z, b.z[0].numpy(), rtol=0, atol=1e-10)
@@ -62,8 +70,10 @@ def test_loop_iterates_equal_the_batched_step(n: int, d: int, width: int, alpha:
     assert float((b.z[0] - b.z0[0]).abs().max()) > 1e-3  # training moved Z
 
 
-def test_train_run_records_resyncs_and_stops_on_budget(monkeypatch) -> None:
+@pytest.mark.parametrize("incremental_min_n", [0, 10**9])  # sums kept, or re-summed
+def test_train_run_records_resyncs_and_stops_on_budget(monkeypatch, incremental_min_n) -> None:
     """Returning to Python every few steps (records, resyncs) leaves the iterates as they were."""
+    monkeypatch.setattr(loop_mod, "INCREMENTAL_MIN_N", incremental_min_n)
     cell, train, w0 = one_run(24, 60, 16, 0.1)
     whole = LoopRun.build(train.x, train.y, w0, cell.lr, cell.alpha, F64)
     assert whole.steps(50, zero_loss=True) == (50, False)
@@ -168,18 +178,41 @@ def test_the_loop_paces_its_calls_to_a_tenth_of_a_second() -> None:
     assert next_budget(7, 0, 0.0) == 7  # nothing was taken: nothing learned
 
 
-def test_a_stop_reaches_a_run_of_slow_steps_within_a_call() -> None:
-    """Steps of tens of milliseconds each: a stop set 0.3 s in ends the run long before the 1000
-    steps between two resyncs (which used to be one call of the loop)."""
+def test_a_stop_reaches_a_run_within_a_call(monkeypatch) -> None:
+    """With no resync to end a call, only the pacing does: a stop set 0.3 s into a run of
+    millions of steps ends it within a few calls of CALL_SECONDS."""
+    monkeypatch.setattr(loop_mod, "RESYNC_EVERY", 10**9)
     cell, train, w0 = one_run(400, 400, 256, 0.1)
-    cell = cell.model_copy(update={"lr": 1e-12})  # every point stays active: every step is dear
+    cell = cell.model_copy(update={"lr": 1e-12})  # every point stays active: no run ends
     run = LoopRun.build(train.x, train.y, w0, cell.lr, cell.alpha, F64)
-    stop = threading.Event()
-    timer = threading.Timer(0.3, stop.set)
+    assert run.steps(0, zero_loss=True) == (0, False)  # compiled (or loaded) before the clock
+    stop, stopped_at = threading.Event(), []
+
+    def set_stop() -> None:
+        stopped_at.append(time.monotonic())
+        stop.set()
+
+    timer = threading.Timer(0.3, set_stop)
     timer.start()
-    kwargs = {"max_steps": 10_000, "zero_loss": True, "record_every": None, "record": print}
+    kwargs = {"max_steps": 10**8, "zero_loss": True, "record_every": None, "record": print}
     try:
         steps, reached = train_run(run, **kwargs, stop=stop)
     finally:
         timer.cancel()
-    assert not reached and 0 < steps < 500
+    ended = time.monotonic()
+    assert not reached and 0 < steps < 10**8
+    assert ended - stopped_at[0] < 30 * CALL_SECONDS  # loose: the machine may be busy
+
+
+def test_the_loop_keeps_exact_sums_over_the_active_set_and_each_rows_pattern() -> None:
+    """After each call, u is the sum of lr y_i G_i over A and s_j over P_j = {i in A : z_ji > 0}
+    of the last step, however many points entered or left them on the way."""
+    cell, train, w0 = one_run(40, 40, 16, 0.1)
+    run = LoopRun.build(train.x, train.y, w0, cell.lr, cell.alpha, F64)
+    for _ in range(30):
+        assert run.incremental_steps(7, zero_loss=True) == (7, False)
+        rows = run.lr_y[:, None] * run.gram
+        np.testing.assert_allclose(run.u, run.in_a @ rows, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(run.s, run.in_p @ rows, rtol=0, atol=1e-12)
+        assert not (run.in_p & ~run.in_a).any()  # P_j within A
+    assert run.in_a.any() and run.in_p.any()

@@ -48,8 +48,16 @@ def _detail(response: httpx.Response) -> str:
             ["estimated work 1.8e+16 units", "max_cost = 1e+15"],
         ),
         (
-            {"n": 100, "d": 100_000, "width": 4096, "max_steps": 1, "n_test": 1},
-            ["estimated peak memory of one batch 1.46e+10 bytes", "max_batch_bytes = 8.59e+09"],
+            {
+                "n": 5000,
+                "d": 100_000,
+                "width": 4096,
+                "seeds": 8,
+                "max_steps": 1,
+                "n_test": 1,
+                "max_margin_baseline": False,
+            },
+            ["estimated peak memory of one batch 1.63e+10 bytes", "max_batch_bytes = 8.59e+09"],
         ),
         (
             {"n": 5000, "d": 1250, "width": 512, "max_steps": 1, "max_margin_baseline": False},
@@ -68,7 +76,13 @@ def _detail(response: httpx.Response) -> str:
             ["estimated result size 7.02e+07 bytes", "max_result_bytes = 6.71e+07"],
         ),
         (
-            {"n": 5000, "d": 100_000, "grid": {"alpha": [0.1 + i / 1e5 for i in range(10_000)]}},
+            {
+                "n": 5000,
+                "d": 100_000,
+                "width": 4096,
+                "seeds": 8,
+                "grid": {"alpha": [0.1 + i / 1e5 for i in range(10_000)]},
+            },
             ["estimated work", "max_cost", "estimated peak memory", "max_batch_bytes"],
         ),
         # Numbers in any JSON spelling: strings, floats, exponents, inside grids.

@@ -16,11 +16,12 @@ import torch
 import bo_engine.loop as loop_mod
 import bo_engine.train as train_mod
 from bo_engine.chunks import Checkpoint, no_checkpoint
-from bo_engine.data import TrainSet, make_train_set
+from bo_engine.data import TrainSet
 from bo_engine.model import network_output
+from bo_engine.products import RunData, draw_run_data
 from bo_engine.spec import Cell, JobSpec
 from bo_engine.train import RunSetup
-from tests.engine_helpers import train_runs
+from tests.engine_helpers import capture_results, train_runs
 
 F64 = torch.float64
 # Every test here runs on both training paths of a CPU (tests/conftest.py).
@@ -74,9 +75,15 @@ def hand_data(monkeypatch: pytest.MonkeyPatch) -> None:
     def weights(cell: Cell, seed: int, check: Checkpoint = no_checkpoint) -> torch.Tensor:
         return torch.tensor([[-1.0], [0.0]], dtype=F64)
 
-    for module in (train_mod, loop_mod):  # each training path draws its runs' data itself
-        monkeypatch.setattr(module, "make_train_set", train_set)
-        monkeypatch.setattr(module, "init_weights", weights)
+    def run_data(cell: Cell, seed: int, check: Checkpoint = no_checkpoint) -> RunData:
+        return RunData.from_explicit(train_set(cell, seed), weights(cell, seed))
+
+    # Each training path draws its runs' data itself: the plain form explicitly, the Gram form
+    # as products.
+    monkeypatch.setattr(train_mod, "make_train_set", train_set)
+    monkeypatch.setattr(train_mod, "init_weights", weights)
+    for module in (train_mod, loop_mod):
+        monkeypatch.setattr(module, "draw_run_data", run_data)
 
 
 # (stop, max_steps) -> (steps, stop_reason, margin); n = 2 is the Gram form, n = 8 the plain.
@@ -128,19 +135,6 @@ def test_mixed_stop_rules_in_one_batch_are_honoured_or_refused() -> None:
 # --- the data model ----------------------------------------------------------------------------
 
 
-def capture(monkeypatch: pytest.MonkeyPatch) -> dict[int, tuple[torch.Tensor, TrainSet]]:
-    """W and the training set of each finished run, by cell_index label (via the seed)."""
-    seen: dict[int, tuple[torch.Tensor, TrainSet]] = {}
-    real = train_mod.run_result
-
-    def spy(cell, seed, train, w, *args, **kwargs):
-        seen[seed] = (w.clone(), train)
-        return real(cell, seed, train, w, *args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "run_result", spy)
-    return seen
-
-
 def data_cell(d: int, stop: str, max_steps: int) -> Cell:
     """n = 16. With d = 40 one label is flipped (the network must memorise it); with d = 3 none
     is, so the data are linearly separable (<x_i, v> = sqrt(gamma) t_i) and small steps make a
@@ -166,7 +160,7 @@ def margins(w: torch.Tensor, train: TrainSet, alpha: float) -> torch.Tensor:
 @pytest.mark.parametrize("d", [40, 3])  # Gram form, plain form
 @pytest.mark.parametrize("stop", ["zero_train_error", "zero_loss"])
 def test_stops_at_the_first_step_the_rule_holds(monkeypatch, d: int, stop: str) -> None:
-    seen = capture(monkeypatch)
+    seen = capture_results(monkeypatch)
     seeds = [0, 1, 2]
     full = run([RunSetup(s, data_cell(d, stop, 100_000), s) for s in seeds])
     holds = (
@@ -178,7 +172,7 @@ def test_stops_at_the_first_step_the_rule_holds(monkeypatch, d: int, stop: str) 
     for s in seeds:
         r = full[s]
         assert r["stop_reason"] == reason and r["steps"] > 1
-        w, train = seen[s]
+        w, train, _ = seen[s]
         assert holds(margins(w, train, 0.1))  # the rule holds at the end, on the explicit W
         assert r["train_error"] == 0.0 and r["interpolated"]
         assert r["zero_loss"] == (stop == "zero_loss")
@@ -187,7 +181,7 @@ def test_stops_at_the_first_step_the_rule_holds(monkeypatch, d: int, stop: str) 
     for s in seeds:
         r = before[s]
         assert r["stop_reason"] == "max_steps" and r["steps"] == full[s]["steps"] - 1
-        w, train = seen[s]
+        w, train, _ = seen[s]
         assert not holds(margins(w, train, 0.1))
         if stop == "zero_train_error":
             assert r["train_error"] > 0 and not r["interpolated"]
@@ -268,12 +262,12 @@ def test_runs_not_yet_training_when_the_cancel_lands_never_start(monkeypatch, en
     monkeypatch.setattr(train_mod, "CANCEL_POLL_SECONDS", 0.0)
     drawn: list[int] = []
 
-    def counted(cell: Cell, seed: int, *check: Checkpoint) -> TrainSet:
+    def counted(cell: Cell, seed: int, *check: Checkpoint) -> RunData:
         drawn.append(seed)
-        return make_train_set(cell, seed, *check)
+        return draw_run_data(cell, seed, *check)
 
     for module in (train_mod, loop_mod):
-        monkeypatch.setattr(module, "make_train_set", counted)
+        monkeypatch.setattr(module, "draw_run_data", counted)
     setups = [RunSetup(s, endless_cell(), s) for s in range(12)]
     finished, cancelled = train_runs(setups, should_cancel=cancel_after(0.5))
     assert cancelled is True
