@@ -157,7 +157,8 @@ def _key_count(app: AppClient) -> int:
 
 
 def test_dry_run_lists_every_violation_as_the_422_names_it(app: AppClient) -> None:
-    spec = {"n": 5000, "d": 100_000, "width": 4096, "record_every": 1, "max_steps": 50_000}
+    spec = {"n": 5000, "d": 100_000, "width": 4096, "seeds": 8, "record_every": 1,
+            "max_steps": 50_000}  # fmt: skip
     refused = app.post("/v1/jobs", json=spec)
     assert refused.status_code == 422
     detail = json.dumps(refused.json()["detail"])

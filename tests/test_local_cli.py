@@ -151,7 +151,7 @@ def test_run_local_dry_run_estimates_and_trains_nothing(tmp_path: Path) -> None:
 @pytest.mark.fast
 def test_run_local_dry_run_names_each_bound_and_exits_1(tmp_path: Path) -> None:
     spec = tmp_path / "big.json"
-    spec.write_text(json.dumps({"n": 5000, "d": 100_000, "width": 4096}))
+    spec.write_text(json.dumps({"n": 5000, "d": 100_000, "width": 4096, "seeds": 8}))
     code, text, _ = bolab("run", "--local", "--dry-run", str(spec), env={"COLUMNS": "300"})
     assert code == 1
     assert "max_cost" in text and "max_batch_bytes" in text
