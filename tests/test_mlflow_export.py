@@ -19,6 +19,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+import bo_engine
 from bo_engine.results import RUN_METRICS
 from bolab.cli import app as cli
 from bolab.client import LabClient
@@ -186,7 +187,7 @@ def assert_exported(client: Any, experiment: str, job_id: str, result: dict[str,
     assert parent.info.status == "FINISHED"
     tags = parent.data.tags
     assert tags["bolab.engine_version"] == result["engine"]["version"]
-    assert tags["bolab.numerics_version"] == "1"
+    assert tags["bolab.numerics_version"] == str(bo_engine.NUMERICS_VERSION)
     params = parent.data.params
     assert params["width"] == "16" and params["n"] == "20" and params["seeds"] == "2"
     assert params["axes"] == "gamma" and "gamma" not in params  # swept: in the children only

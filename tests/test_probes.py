@@ -59,7 +59,7 @@ def test_results_json_is_the_whole_document(loaded_api: tuple[ApiServer, JobStor
     cell["summary"]["test_error_mean"] = float("nan")
     store.put_cell(job_id, cell, cell["summary"])
     result = httpx.get(f"{api.url}/v1/jobs/{job_id}/results", timeout=30).json()
-    assert list(result) == ["cells", "axes", "engine"]
+    assert list(result) == ["cells", "axes", "theory", "engine"]
     assert [c["index"] for c in result["cells"]] == list(range(50))
     assert result["cells"][3]["summary"]["test_error_mean"] is None
     assert result["engine"] == {"wall_seconds": 0.0}
