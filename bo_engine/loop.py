@@ -74,6 +74,12 @@ def outputs(z, a, alpha, f):  # pragma: no cover (compiled)
 
 
 @numba.njit(nogil=True, cache=True)
+def stop_reached(margin, zero_loss):  # pragma: no cover (compiled)
+    """The stop rule on min_i y_i f_i: >= 1 for `zero_loss`, else > 0 (zero train error)."""
+    return margin >= 1 if zero_loss else margin > 0
+
+
+@numba.njit(nogil=True, cache=True)
 def active_set(y, f, active):  # pragma: no cover (compiled)
     """A = {i : y_i f_i < 1} into active[:k]; returns (k, min_i y_i f_i)."""
     k = 0
@@ -184,7 +190,7 @@ def gd_steps(
     outputs(z, a, alpha, f)
     for step in range(budget + 1):
         k, margin = active_set(y, f, active)
-        if (margin >= 1) if zero_loss else (margin > 0):
+        if stop_reached(margin, zero_loss):
             return step, True
         if step == budget:
             return step, False
@@ -206,13 +212,9 @@ def gd_steps(
 def gd_steps_direct(
     z, c, gram, y, lr_y, a, alpha, zero_loss, budget, f
 ):  # pragma: no cover (compiled)
-    """`gd_steps` summing, every step, the smaller of P_j and A - P_j for each row j: less
-    bookkeeping, faster at small n (INCREMENTAL_MIN_N).
-
-    Before each step, and after the last, f (n,) is set to the outputs a^T sigma(Z) and the stop
-    rule is tested on them: min_i y_i f_i >= 1 if `zero_loss`, else > 0. A run that meets it takes
-    no further step, so on return f always holds the outputs of the returned state.
-    """
+    """`gd_steps` (the same contract for z, c, f, the stop rule and the return) summing, every
+    step, the smaller of P_j and A - P_j for each row j: less bookkeeping, faster at small n
+    (INCREMENTAL_MIN_N)."""
     m, n = z.shape
     beta = a[0] - alpha  # 1 - alpha in the dtype of z (a_0 = +1), so no loop mixes precisions
     active = np.empty(n, np.int64)
@@ -222,7 +224,7 @@ def gd_steps_direct(
     for step in range(budget + 1):
         outputs(z, a, alpha, f)
         k, margin = active_set(y, f, active)
-        if (margin >= 1) if zero_loss else (margin > 0):
+        if stop_reached(margin, zero_loss):
             return step, True
         if step == budget:
             return step, False
