@@ -40,10 +40,12 @@ def load_loop(checkout: str) -> ModuleType:
 
 
 def their_run(module: ModuleType, data: RunData, lr: float, alpha: float, dtype) -> object:
-    """The other loop's run state from the products (its fields up to `f`)."""
+    """The other loop's run state from the products: its own `of_products` where it has one,
+    else (older loops, whose fields are a subset of this one's) the fields of this loop's run."""
+    if hasattr(module.LoopRun, "of_products"):
+        return module.LoopRun.of_products(data.gram, data.z0, data.y, lr, alpha, dtype)
     mine = this_loop.LoopRun.of_products(data.gram, data.z0, data.y, lr, alpha, dtype)
-    names = [f for f in module.LoopRun.__dataclass_fields__]
-    state = {k: getattr(mine, k) for k in names}
+    state = {k: getattr(mine, k) for k in module.LoopRun.__dataclass_fields__}
     state["z"], state["c"] = mine.z0.copy(), np.zeros_like(mine.z0)
     state["a"] = outer_weights(data.z0.shape[0], dtype).numpy()
     return module.LoopRun(**state)

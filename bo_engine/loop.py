@@ -14,10 +14,16 @@ matrix G = X X^T), is the Gram form of the module docstring of `bo_engine.train`
     dZ_j  = a_j sum_{i in A} sigma'(z_ji) g_i
           = a_j (alpha u + (1 - alpha) s_j)        u = sum_{i in A} g_i, s_j = sum_{i in P_j} g_i
 
-with P_j = {i in A : z_ji > 0}. With a small step size A and the P_j change in only a few points
-from one step to the next, so u and s_j are kept from step to step and adjusted by the rows g_i
-of the points that enter or leave: a step costs O(width n) plus n per change, instead of
-re-summing |A| / 2 rows of G for every row j. The sums are rebuilt exactly (from empty sets) at
+with P_j = {i in A : z_ji > 0}. With a small step size A changes in a few points from one step
+to the next, mostly points at the hinge that leave and re-enter it, and P_j within A hardly
+changes, so the sums are kept from step to step and adjusted by the rows g_i of the points that
+change. A point at the hinge is one the network fits: z_ji > 0 exactly on the rows j whose a_j
+has the sign of y_i (bench/loop_against.py's n = 800 run: no exception among the points that
+toggle, mid-run). So s_j is kept as u_{a_j}, the sum over the points of A of label sign(a_j),
+plus e_j, the sum over row j's exceptions (+g_i where z_ji > 0 > a_j y_i, -g_i where
+z_ji <= 0 < a_j y_i): a point that enters or leaves A adds one row of G to u_+ or u_-, and one
+to each e_j it is an exception of, instead of one to each of the half of the s_j it is in.
+A step costs O(width n) plus n per change. The sums are rebuilt exactly (from empty sets) at
 every resync of Z, so their rounding cannot drift. The same iterates as the tensor step, up to
 rounding.
 """
@@ -54,8 +60,9 @@ from bo_engine.report import Reporter
 RESYNC_EVERY = 1000
 # Runs of at least this many points keep their sums from step to step (`gd_steps`); smaller ones
 # re-sum the smaller side of each row's active set every step (`gd_steps_direct`), which does
-# less bookkeeping (bench/loop_against.py: the same speed at n = 600, 0.5-0.9x below).
-INCREMENTAL_MIN_N = 700
+# less bookkeeping: at n = 200 the kept sums take 1.5x as long, from n = 300 on they are faster
+# (1.5x at 300, 2x at 600; d = 2n, gamma = 5/n, two seeds, float32, one thread).
+INCREMENTAL_MIN_N = 300
 # The loop returns to Python about this often (seconds), to notice a stop: the steps of each call
 # are paced from the time the last call took (`next_budget`), whatever a step costs.
 CALL_SECONDS = 0.1
@@ -101,9 +108,12 @@ def add_row(target, coef, gram, i):  # pragma: no cover (compiled)
 
 
 @numba.njit(nogil=True, cache=True)
-def update_active(u, in_a, gram, lr_y, active, k, leaving):  # pragma: no cover (compiled)
-    """Mark A = active[:k] in in_a and make u its sum, by its changes or afresh (whichever adds
-    fewer rows of G); returns how many points left A, listed in `leaving`."""
+def update_active(
+    u_pos, u_neg, in_a, gram, lr_y, active, k, leaving
+):  # pragma: no cover (compiled)
+    """Mark A = active[:k] in in_a and make u_pos, u_neg the sums of g_i over its points of label
+    +1 and -1, by its changes or afresh (whichever adds fewer rows of G); returns how many points
+    left A, listed in `leaving`."""
     n = in_a.shape[0]
     changes, gone, t = 0, 0, 0
     for i in range(n):
@@ -115,78 +125,88 @@ def update_active(u, in_a, gram, lr_y, active, k, leaving):  # pragma: no cover 
                 leaving[gone] = i
                 gone += 1
     if changes > k:
-        u[:] = 0
+        u_pos[:] = 0
+        u_neg[:] = 0
         in_a[:] = False
         for t in range(k):
-            add_row(u, lr_y[active[t]], gram, active[t])
-            in_a[active[t]] = True
+            i = active[t]
+            add_row(u_pos if lr_y[i] > 0 else u_neg, lr_y[i], gram, i)
+            in_a[i] = True
         return gone
     for t in range(gone):
-        add_row(u, -lr_y[leaving[t]], gram, leaving[t])
-        in_a[leaving[t]] = False
+        i = leaving[t]
+        add_row(u_pos if lr_y[i] > 0 else u_neg, -lr_y[i], gram, i)
+        in_a[i] = False
     for t in range(k):
         i = active[t]
         if not in_a[i]:
-            add_row(u, lr_y[i], gram, i)
+            add_row(u_pos if lr_y[i] > 0 else u_neg, lr_y[i], gram, i)
             in_a[i] = True
     return gone
 
 
 @numba.njit(nogil=True, cache=True)
+def exception(z_ji, aj, lr_y_i):  # pragma: no cover (compiled)
+    """Point i's coefficient in e_j (module docstring): +1 if z_ji > 0 > a_j y_i, -1 if
+    z_ji <= 0 < a_j y_i, else 0."""
+    return (1 if z_ji > 0 else 0) - (1 if aj * lr_y_i > 0 else 0)
+
+
+@numba.njit(nogil=True, cache=True)
 def update_row(
-    j, z, c, gram, lr_y, aj, alpha, active, k, leaving, gone, s, u, in_p
+    j, z, c, gram, lr_y, aj, alpha, active, k, leaving, gone, e, in_e
 ):  # pragma: no cover (compiled)
-    """Row j's step: dC_j on A, the new P_j in in_p[j], and s_j its sum (u already that of A),
-    by P_j's changes, or afresh from the smaller of P_j and A - P_j (s_j = u - the rest),
-    whichever adds fewer rows of G."""
-    positive, changes = 0, 0
+    """Row j's step: dC_j on A, and e_j the sum over row j's exceptions in A, their coefficients
+    in in_e[j] (0 for every other point), by their changes or afresh, whichever adds fewer rows
+    of G. A coefficient only ever moves by 1: it is 0 or -1 where a_j y_i > 0, 0 or +1 else."""
+    changes, count = 0, 0
     for t in range(gone):
-        changes += in_p[j, leaving[t]]
+        changes += in_e[j, leaving[t]] != 0
     for t in range(k):
         i = active[t]
-        pos = z[j, i] > 0
-        c[j, i] += aj * lr_y[i] if pos else aj * alpha * lr_y[i]
-        positive += pos
-        changes += pos != in_p[j, i]
-    side = min(positive, k - positive)
+        c[j, i] += aj * lr_y[i] if z[j, i] > 0 else aj * alpha * lr_y[i]
+        want = exception(z[j, i], aj, lr_y[i])
+        count += want != 0
+        changes += want != in_e[j, i]
+    if changes == 0:  # most rows, most steps: the points that moved are none of theirs
+        return
+    afresh = changes > count
+    if afresh:
+        e[j] = 0
     for t in range(gone):
         i = leaving[t]
-        if in_p[j, i] and changes <= side:
-            add_row(s[j], -lr_y[i], gram, i)
-        in_p[j, i] = False
-    take_positive = 2 * positive <= k
-    if changes > side and take_positive:
-        s[j] = 0
-    elif changes > side:
-        s[j] = u
+        if in_e[j, i] != 0 and not afresh:
+            add_row(e[j], -lr_y[i] if in_e[j, i] > 0 else lr_y[i], gram, i)
+        in_e[j, i] = 0
     for t in range(k):
         i = active[t]
-        pos = z[j, i] > 0
-        if changes <= side:
-            if pos != in_p[j, i]:
-                add_row(s[j], lr_y[i] if pos else -lr_y[i], gram, i)
-        elif pos == take_positive:
-            add_row(s[j], lr_y[i] if pos else -lr_y[i], gram, i)
-        in_p[j, i] = pos
+        want = exception(z[j, i], aj, lr_y[i])
+        if afresh and want != 0:
+            add_row(e[j], lr_y[i] if want > 0 else -lr_y[i], gram, i)
+        elif not afresh and want != in_e[j, i]:
+            add_row(e[j], lr_y[i] if want > in_e[j, i] else -lr_y[i], gram, i)
+        in_e[j, i] = want
 
 
 @numba.njit(nogil=True, cache=True)
 def gd_steps(
-    z, c, gram, y, lr_y, a, alpha, zero_loss, budget, f, s, u, in_p, in_a
+    z, c, gram, y, lr_y, a, alpha, zero_loss, budget, f, e, u_pos, u_neg, in_e, in_a
 ):  # pragma: no cover (compiled)
     """Up to `budget` GD steps in place on z (m, n) and c (m, n); returns (steps, reached).
 
-    s (m, n), u (n,), in_p (m, n) and in_a (n,) are the sums of the module docstring and the
-    sets they are sums over, as of the last step; all zero/False stands for empty sets.
-    Before each step, and after the last, f (n,) is set to the outputs a^T sigma(Z) and the stop
-    rule is tested on them: min_i y_i f_i >= 1 if `zero_loss`, else > 0. A run that meets it takes
-    no further step, so on return f always holds the outputs of the returned state.
+    e (m, n), u_pos (n,), u_neg (n,), in_e (m, n) and in_a (n,) are the sums of the module
+    docstring and the sets they are sums over, as of the last step; all zero stands for empty
+    sets. Before each step, and after the last, f (n,) is set to the outputs a^T sigma(Z) and the
+    stop rule is tested on them: min_i y_i f_i >= 1 if `zero_loss`, else > 0. A run that meets it
+    takes no further step, so on return f always holds the outputs of the returned state.
     """
     m, n = z.shape
     beta = a[0] - alpha  # 1 - alpha in the dtype of z (a_0 = +1), so no loop mixes precisions
     active = np.empty(n, np.int64)
     leaving = np.empty(n, np.int64)
     f_next = np.empty_like(f)
+    # alpha u + (1 - alpha) u_{a_j} for the rows with a_j = +1 and -1.
+    shared_pos, shared_neg = np.empty_like(f), np.empty_like(f)
     outputs(z, a, alpha, f)
     for step in range(budget + 1):
         k, margin = active_set(y, f, active)
@@ -194,14 +214,20 @@ def gd_steps(
             return step, True
         if step == budget:
             return step, False
-        gone = update_active(u, in_a, gram, lr_y, active, k, leaving)
+        gone = update_active(u_pos, u_neg, in_a, gram, lr_y, active, k, leaving)
+        for col in range(n):
+            both = alpha * (u_pos[col] + u_neg[col])
+            shared_pos[col] = both + beta * u_pos[col]
+            shared_neg[col] = both + beta * u_neg[col]
         f_next[:] = 0
         for j in range(m):
             aj = a[j]
-            update_row(j, z, c, gram, lr_y, aj, alpha, active, k, leaving, gone, s, u, in_p)
-            # dZ_j = a_j (alpha u + (1 - alpha) s_j), then row j's share of the next outputs.
+            update_row(j, z, c, gram, lr_y, aj, alpha, active, k, leaving, gone, e, in_e)
+            shared = shared_pos if aj > 0 else shared_neg
+            # dZ_j = a_j (alpha u + (1 - alpha) (u_{a_j} + e_j)), then row j's share of the
+            # next outputs.
             for col in range(n):
-                zji = z[j, col] + aj * (alpha * u[col] + beta * s[j, col])
+                zji = z[j, col] + aj * (shared[col] + beta * e[j, col])
                 z[j, col] = zji
                 f_next[col] += aj * (zji if zji > 0 else alpha * zji)
         f[:] = f_next
@@ -273,9 +299,10 @@ class LoopRun:
     a: np.ndarray  # (m,) outer weights
     alpha: np.floating
     f: np.ndarray  # (n,) outputs of the current state, set by every `gd_steps` call
-    s: np.ndarray  # (m, n) s_j = sum_{i in P_j} lr y_i G_i over the P_j of in_p
-    u: np.ndarray  # (n,) u = sum_{i in A} lr y_i G_i over the A of in_a
-    in_p: np.ndarray  # (m, n) bool: P_j as of the last step
+    e: np.ndarray  # (m, n) e_j = sum_i in_e[j, i] lr y_i G_i
+    u_pos: np.ndarray  # (n,) sum of lr y_i G_i over the points of in_a with y_i = +1
+    u_neg: np.ndarray  # (n,) the same over those with y_i = -1
+    in_e: np.ndarray  # (m, n) int8: row j's exceptions in A as of the last step (+1, -1; 0 not)
     in_a: np.ndarray  # (n,) bool: A as of the last step
 
     @classmethod
@@ -321,9 +348,10 @@ class LoopRun:
             a=as_array(outer_weights(z0.shape[0])),
             alpha=z0_a.dtype.type(alpha),
             f=np.zeros(n, z0_a.dtype),
-            s=np.zeros_like(z0_a),
-            u=np.zeros(n, z0_a.dtype),
-            in_p=np.zeros(z0_a.shape, np.bool_),
+            e=np.zeros_like(z0_a),
+            u_pos=np.zeros(n, z0_a.dtype),
+            u_neg=np.zeros(n, z0_a.dtype),
+            in_e=np.zeros(z0_a.shape, np.int8),
             in_a=np.zeros(n, np.bool_),
         )
 
@@ -351,9 +379,10 @@ class LoopRun:
             zero_loss,
             budget,
             self.f,
-            self.s,
-            self.u,
-            self.in_p,
+            self.e,
+            self.u_pos,
+            self.u_neg,
+            self.in_e,
             self.in_a,
         )
 
@@ -361,7 +390,7 @@ class LoopRun:
         """Z = Z0 + C G afresh, and the sums emptied, to be rebuilt exactly by the next step."""
         np.matmul(self.c, self.gram, out=self.z)
         self.z += self.z0
-        for acc in (self.s, self.u, self.in_p, self.in_a):
+        for acc in (self.e, self.u_pos, self.u_neg, self.in_e, self.in_a):
             acc.fill(0)
 
 

@@ -204,15 +204,19 @@ def test_a_stop_reaches_a_run_within_a_call(monkeypatch) -> None:
     assert ended - stopped_at[0] < 30 * CALL_SECONDS  # loose: the machine may be busy
 
 
-def test_the_loop_keeps_exact_sums_over_the_active_set_and_each_rows_pattern() -> None:
-    """After each call, u is the sum of lr y_i G_i over A and s_j over P_j = {i in A : z_ji > 0}
-    of the last step, however many points entered or left them on the way."""
+def test_the_loop_keeps_exact_sums_over_the_active_set_and_each_rows_exceptions() -> None:
+    """After each call, u_pos and u_neg are the sums of lr y_i G_i over A's points of each label,
+    and e_j that over row j's exceptions of the last step (+1 where z_ji > 0 > a_j y_i, -1 where
+    z_ji <= 0 < a_j y_i), however many points entered or left them on the way."""
     cell, train, w0 = one_run(40, 40, 16, 0.1)
     run = LoopRun.build(train.x, train.y, w0, cell.lr, cell.alpha, F64)
+    aligned = run.a[:, None] * run.y[None, :] > 0
     for _ in range(30):
         assert run.incremental_steps(7, zero_loss=True) == (7, False)
         rows = run.lr_y[:, None] * run.gram
-        np.testing.assert_allclose(run.u, run.in_a @ rows, rtol=0, atol=1e-12)
-        np.testing.assert_allclose(run.s, run.in_p @ rows, rtol=0, atol=1e-12)
-        assert not (run.in_p & ~run.in_a).any()  # P_j within A
-    assert run.in_a.any() and run.in_p.any()
+        np.testing.assert_allclose(run.u_pos, (run.in_a & (run.y > 0)) @ rows, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(run.u_neg, (run.in_a & (run.y < 0)) @ rows, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(run.e, run.in_e @ rows, rtol=0, atol=1e-12)
+        assert not (run.in_e.astype(bool) & ~run.in_a).any()  # exceptions within A
+        assert (run.in_e[aligned] <= 0).all() and (run.in_e[~aligned] >= 0).all()
+    assert run.in_a.any() and (run.in_e != 0).any()
