@@ -5,8 +5,9 @@ This process validates, stores and queues; it never runs torch (the engine runs 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import gc
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 from fastapi import FastAPI
 
@@ -35,6 +36,19 @@ TAGS = [
 ]
 
 
+@contextmanager
+def frozen_heap() -> Iterator[None]:
+    """What imports and start-up made (some 140 000 objects) lives as long as the app: frozen,
+    the garbage collector's full passes skip it. Else each pass scans it all, a stall of about
+    80 ms for every request in flight (a submit's p99, under load)."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The app, configured by `settings` alone: routes and middleware take them from here."""
     logs.configure(settings.log_level)
@@ -46,7 +60,8 @@ def create_app(settings: Settings) -> FastAPI:
         )
         app.state.queue = JobQueue.from_settings(settings)
         async with live.running(app, settings):  # event streams, /metrics, webhooks
-            yield
+            with frozen_heap():
+                yield
         app.state.store.close()
 
     app = FastAPI(
