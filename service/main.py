@@ -19,6 +19,7 @@ from jobmodel.store import JobStore
 from service import errors, live, prometheus
 from service.auth import AUTH_RESPONSES
 from service.browser import LoopbackHostOnly, SecurityHeaders
+from service.deps import Parts
 from service.estimates import Estimator
 from service.limits import BodyLimit
 from service.routes import docs, events, health, jobs, ui
@@ -60,6 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
         app.state.queue = JobQueue.from_settings(settings)
         async with live.running(app, settings):  # event streams, /metrics, webhooks
+            app.state.parts = Parts.of(app.state)
             with frozen_heap():
                 yield
         app.state.store.close()

@@ -29,14 +29,13 @@ from jobmodel.store import (
 from service import figures, parquet, webhook_targets
 from service.auth import AUTH_RESPONSES, Caller, CallerDep
 from service.capacity import RendersDep, render
-from service.deps import EstimatorDep, LiveDep, QueueDep, SettingsDep, StoreDep
+from service.deps import Parts, PartsDep, StoreDep
 from service.errors import (
     Conflict,
     JobNotFound,
     NotImplementedByServer,
     TooManyJobs,
 )
-from service.estimates import Estimator
 from service.limits import (
     over_bounds_error,
     over_max_cost,
@@ -193,12 +192,8 @@ def _with_body_type(
 async def submit_job(
     spec: JobSpec,
     response: Response,
-    store: StoreDep,
-    live: LiveDep,
-    job_queue: QueueDep,
+    parts: PartsDep,
     caller: CallerDep,
-    settings: SettingsDep,
-    estimator: EstimatorDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -224,10 +219,11 @@ async def submit_job(
 ) -> JobAccepted | JSONResponse:
     # A coroutine: a submit that is in bounds never leaves the event loop (its one Redis call
     # is async); the rarer paths that read the sync store take the thread pool.
+    settings = parts.settings
     problems = violations(spec, settings)
     if dry_run or problems:
         estimate = await run_in_threadpool(
-            _estimated_or_refused, spec, problems, store, caller, settings, estimator, dry_run
+            _estimated_or_refused, spec, problems, parts, caller, dry_run
         )
         if estimate is not None:
             return estimate
@@ -249,17 +245,17 @@ async def submit_job(
         max_active=settings.max_active_jobs,
         idempotency=idem,
         notify_url=notify_url,
-        job_queue=job_queue,
+        job_queue=parts.queue,
         adaptive=spec.is_adaptive,
     )
     try:
-        job = await live.create(creation)
+        job = await parts.live.create(creation)
     except IdempotentReplay as replay:
         if not replay.same_body:
             raise Conflict(
                 f"Idempotency-Key already used for job {replay.job_id} with a different body"
             ) from None
-        earlier = await run_in_threadpool(store.get, replay.job_id)
+        earlier = await run_in_threadpool(parts.store.get, replay.job_id)
         return _accepted(earlier, replay.job_id, response)
     except QuotaFull as full:
         raise TooManyJobs(
@@ -273,14 +269,13 @@ async def submit_job(
 def _estimated_or_refused(
     spec: JobSpec,
     problems: list[str],
-    store: JobStore,
+    parts: Parts,
     caller: Caller,
-    settings: Settings,
-    estimator: Estimator,
     dry_run: bool,
 ) -> JSONResponse | None:
     """A dry run's estimate; else the 422 of a spec over bounds, or None when the runs the
     cache holds bring it within them."""
+    store, settings = parts.store, parts.settings
     cached: dict[int, int] = {}
     if not spec.is_adaptive and (dry_run or over_max_cost(spec, settings)):
         # Admission charges only the runs to train: the cache is read when that can matter.
@@ -288,7 +283,7 @@ def _estimated_or_refused(
         cached = store.cached_per_cell(spec, caller.owner, settings)
         problems = violations(spec, settings, cached) if cached else problems
     if dry_run:
-        found = estimate_view(estimator.estimate(priced(spec), store, cached), problems)
+        found = estimate_view(parts.estimator.estimate(priced(spec), store, cached), problems)
         return JSONResponse(found.model_dump(mode="json"))
     if problems:
         raise over_bounds_error(problems, spec.model_dump(mode="json", exclude_unset=True))
