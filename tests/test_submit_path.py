@@ -22,6 +22,7 @@ from tests.helpers import TINY
 from tests.inprocess import app_client
 
 pytestmark = [pytest.mark.fast, pytest.mark.timeout(60)]
+QUIET_DB = 4  # tests/test_queue.py uses 3
 
 
 @pytest.fixture
@@ -52,12 +53,24 @@ def test_a_submit_after_a_redis_restart_succeeds(own_redis: RedisServer) -> None
     assert queued_plans(own_redis.url) == [before.json()["id"], after.json()["id"]]
 
 
-def test_a_create_call_run_twice_stores_and_queues_its_job_once(store: JobStore) -> None:
+@pytest.fixture
+def quiet_store(redis_server: RedisServer) -> Iterator[JobStore]:
+    """A store on a database of the session's Redis that no worker consumes from."""
+    url = redis_server.url.rsplit("/", 1)[0] + f"/{QUIET_DB}"
+    store = JobStore.from_url(url)
+    yield store
+    store.redis.flushdb()
+    store.close()
+
+
+def test_a_create_call_run_twice_stores_and_queues_its_job_once(quiet_store: JobStore) -> None:
     """The client retries a call whose answer a dropped connection lost: the script may have
     run already, and must not queue the task again."""
+    store = quiet_store
     creation = Creation.prepare(
-        {"n": 20}, runs_total=1, cells_total=1, queue="gpu", owner="ada", job_queue=JobQueue()
-    )
+        {"n": 20}, runs_total=1, cells_total=1, queue="gpu", owner="ada",
+        job_queue=JobQueue(QUIET_DB),
+    )  # fmt: skip
     script = store.redis.register_script(Creation.SCRIPT)
     submitted = keys.METRIC_COUNTERS, creation.args[5]
     before = int(store.redis.hget(*submitted) or 0)
@@ -65,7 +78,6 @@ def test_a_create_call_run_twice_stores_and_queues_its_job_once(store: JobStore)
     again = script(keys=creation.keys, args=creation.args)
     assert first == again == ["created", creation.job.id]
     messages = store.redis.lrange("gpu", 0, -1)
-    store.redis.delete("gpu")
     assert [json.loads(m)["headers"]["argsrepr"] for m in messages] == [repr([creation.job.id])]
     assert int(store.redis.hget(*submitted)) == before + 1
     assert store.redis.xlen(keys.events(creation.job.id)) == 1
