@@ -15,7 +15,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Required, TypedDict, Unpack
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -305,6 +305,20 @@ def restart_backoff() -> ExponentialBackoff:
     return ExponentialBackoff(cap=1.0, base=0.05)
 
 
+class NewJob(TypedDict, total=False):
+    """A new job besides its spec: `JobStore.create`'s parameters (it says what each means)."""
+
+    runs_total: Required[int]
+    cells_total: Required[int]
+    queue: Required[str]
+    owner: str
+    max_active: int
+    idempotency: tuple[str, str, int] | None
+    notify_url: str | None
+    job_queue: JobQueue | None
+    adaptive: bool
+
+
 @dataclass(frozen=True)
 class Creation:
     """One call of the create script (`_CREATE`), ready to send: the new record, the script's
@@ -319,42 +333,31 @@ class Creation:
     body_hash: str
 
     @classmethod
-    def prepare(
-        cls,
-        spec: dict[str, Any],
-        *,
-        runs_total: int,
-        cells_total: int,
-        queue: str,
-        owner: str = "",
-        max_active: int = 0,
-        idempotency: tuple[str, str, int] | None = None,
-        notify_url: str | None = None,
-        job_queue: JobQueue | None = None,
-        adaptive: bool = False,
-    ) -> Creation:
-        """The call that creates a job (the parameters are `JobStore.create`'s)."""
+    def prepare(cls, spec: dict[str, Any], **new: Unpack[NewJob]) -> Creation:
+        """The call that creates a job (`JobStore.create` says what each parameter means)."""
+        queue, owner = new["queue"], new.get("owner", "")
+        idempotency, job_queue = new.get("idempotency"), new.get("job_queue")
         job = JobRecord(
             id=new_job_id(),
             status=JobStatus.queued,
             spec=spec,
             queue=queue,
-            runs_total=runs_total,
-            cells_total=cells_total,
+            runs_total=new["runs_total"],
+            cells_total=new["cells_total"],
             created_at=time.time(),
             owner=owner,
-            adaptive=adaptive,
+            adaptive=new.get("adaptive", False),
         )
         key_hash, body_hash, ttl = idempotency or ("", "", 0)
         idem_key = keys.idempotency(owner, key_hash) if idempotency else ""
         task = job_queue.plan_job(job.id, queue) if job_queue else None
         script_keys = [keys.job(job.id), keys.JOBS, idem_key, keys.METRIC_COUNTERS]
         script_keys += [keys.events(job.id), task.queue if task else ""]
-        args: list[Any] = [job.id, owner, max_active, body_hash, ttl]
+        args: list[Any] = [job.id, owner, new.get("max_active", 0), body_hash, ttl]
         args += [counters.field("jobs_submitted_total", {"queue": queue})]
         args += [events.encode({"status": job.status.value}), events.MAX_EVENTS]
         args += [task.message, task.event_channel, task.event] if task else ["", "", ""]
-        for name, value in _record_fields(job, notify_url).items():
+        for name, value in _record_fields(job, new.get("notify_url")).items():
             args += [name, value]
         return cls(job, script_keys, args, body_hash)
 
@@ -404,20 +407,7 @@ class JobStore:
 
     # --- records -------------------------------------------------------------------------
 
-    def create(
-        self,
-        spec: dict[str, Any],
-        *,
-        runs_total: int,
-        cells_total: int,
-        queue: str,
-        owner: str = "",
-        max_active: int = 0,
-        idempotency: tuple[str, str, int] | None = None,
-        notify_url: str | None = None,
-        job_queue: JobQueue | None = None,
-        adaptive: bool = False,
-    ) -> JobRecord:
+    def create(self, spec: dict[str, Any], **new: Unpack[NewJob]) -> JobRecord:
         """Store a new queued job. `max_active` > 0 caps the owner's queued+running jobs
         (QuotaFull); `idempotency` = (sha256 of the key, body hash, TTL s) replays an earlier
         submission (IdempotentReplay); `notify_url` is where its webhook goes when it ends;
@@ -425,18 +415,7 @@ class JobStore:
         nothing runs it). `adaptive`: its cells are planned round by round (`runs_total` is
         then its budget). Check and writes are one Lua call: concurrent submits cannot race,
         and a job is never stored without its task, nor its task queued without the job."""
-        creation = Creation.prepare(
-            spec,
-            runs_total=runs_total,
-            cells_total=cells_total,
-            queue=queue,
-            owner=owner,
-            max_active=max_active,
-            idempotency=idempotency,
-            notify_url=notify_url,
-            job_queue=job_queue,
-            adaptive=adaptive,
-        )
+        creation = Creation.prepare(spec, **new)
         return creation.outcome(self._create(keys=creation.keys, args=creation.args))
 
     def get(self, job_id: str) -> JobRecord | None:
