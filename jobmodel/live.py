@@ -1,8 +1,10 @@
-"""Async reads of the job model for an event loop: probes, event streams, stream ownership.
+"""The job model for an event loop: probes, event streams, stream ownership, and creating jobs.
 
-Two connection pools: one for event streams (XREAD BLOCK waits up to the keepalive interval, so
-no socket timeout shorter than that; one connection per open stream at most) and one for short
-calls (a probe's ping, a stream's owner check), bounded so that they never hang.
+Three connection pools: one for event streams (XREAD BLOCK waits up to the keepalive interval,
+so no socket timeout shorter than that; one connection per open stream at most), one for short
+calls (a probe's ping, a stream's owner check), bounded so that they never hang, and one for
+creating jobs (the store's create script, retried across a Redis restart as the sync store's
+calls are).
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 
 from jobmodel import keys
 from jobmodel.settings import Settings
+from jobmodel.store import RESTART_OPTIONS, RESTART_RETRIES, Creation, JobRecord, restart_backoff
 
 SHORT_CALL_TIMEOUT_S = 5.0  # a short call never hangs longer than this
 SHORT_CALL_CONNECTIONS = 32  # more short calls at once wait for a connection, they do not fail
@@ -42,10 +46,22 @@ class LiveView:
                 timeout=SHORT_CALL_TIMEOUT_S,
             )
         )
+        self.writes = aioredis.Redis.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            retry=Retry(restart_backoff(), RESTART_RETRIES),
+            **RESTART_OPTIONS,
+        )
+        self._create = self.writes.register_script(Creation.SCRIPT)
 
     async def aclose(self) -> None:
         await self.short.aclose(close_connection_pool=True)
         await self.streams.aclose()
+        await self.writes.aclose()
+
+    async def create(self, creation: Creation) -> JobRecord:
+        """`JobStore.create` without blocking the loop: the same single script call."""
+        return creation.outcome(await self._create(keys=creation.keys, args=creation.args))
 
     async def ping(self) -> bool:
         return bool(await self.short.ping())

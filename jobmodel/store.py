@@ -15,7 +15,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar, Required, TypedDict, Unpack
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -75,10 +75,13 @@ return 1
 # (stream KEYS[5], at most about ARGV[8] long; data ARGV[7]) and, with a list KEYS[6], queue its
 # first task there (message ARGV[9]) and publish the task's "sent" event (ARGV[11] on channel
 # ARGV[10]). One call, one round trip: a job is stored and queued, or neither.
+# Each call has a new job id: a record that exists already means this very call ran before (a
+# retry after a lost answer), and it answers as it did then without writing or queueing again.
 # ARGV: id, owner, cap, body hash, key TTL, counter field, event data, stream bound, task
 # message, its event channel, its event, then the record's field/values.
 _CREATE = """
 local id, owner, cap = ARGV[1], ARGV[2], tonumber(ARGV[3])
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'created', id} end
 if KEYS[3] ~= '' then
   local prev = redis.call('GET', KEYS[3])
   if prev then return {'replay', prev} end
@@ -288,6 +291,91 @@ class LabState:
     memory_max: int
 
 
+# Retries with backoff (about 2.5 s in all) ride out a Redis restart: the first call after it
+# meets a dead pooled connection and must reconnect, not fail. The sync store and the API's
+# async submits (`jobmodel.live`) use the same policy.
+RESTART_RETRIES = 6
+RESTART_OPTIONS: dict[str, Any] = {
+    "health_check_interval": 30,
+    "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+}
+
+
+def restart_backoff() -> ExponentialBackoff:
+    return ExponentialBackoff(cap=1.0, base=0.05)
+
+
+class NewJob(TypedDict, total=False):
+    """A new job besides its spec: `JobStore.create`'s parameters (it says what each means)."""
+
+    runs_total: Required[int]
+    cells_total: Required[int]
+    queue: Required[str]
+    owner: str
+    max_active: int
+    idempotency: tuple[str, str, int] | None
+    notify_url: str | None
+    job_queue: JobQueue | None
+    adaptive: bool
+
+
+@dataclass(frozen=True)
+class Creation:
+    """One call of the create script (`_CREATE`), ready to send: the new record, the script's
+    keys and arguments. `outcome` reads its answer. The sync store (`JobStore.create`) and
+    the API's event loop (`jobmodel.live.LiveView.create`) send the same call."""
+
+    SCRIPT: ClassVar[str] = _CREATE
+
+    job: JobRecord
+    keys: list[str]
+    args: list[Any]
+    body_hash: str
+
+    @classmethod
+    def prepare(cls, spec: dict[str, Any], **new: Unpack[NewJob]) -> Creation:
+        """The call that creates a job (`JobStore.create` says what each parameter means)."""
+        queue, owner = new["queue"], new.get("owner", "")
+        idempotency, job_queue = new.get("idempotency"), new.get("job_queue")
+        job = JobRecord(
+            id=new_job_id(),
+            status=JobStatus.queued,
+            spec=spec,
+            queue=queue,
+            runs_total=new["runs_total"],
+            cells_total=new["cells_total"],
+            created_at=time.time(),
+            owner=owner,
+            adaptive=new.get("adaptive", False),
+        )
+        key_hash, body_hash, ttl = idempotency or ("", "", 0)
+        idem_key = keys.idempotency(owner, key_hash) if idempotency else ""
+        task = job_queue.plan_job(job.id, queue) if job_queue else None
+        script_keys = [keys.job(job.id), keys.JOBS, idem_key, keys.METRIC_COUNTERS]
+        script_keys += [keys.events(job.id), task.queue if task else ""]
+        args: list[Any] = [job.id, owner, new.get("max_active", 0), body_hash, ttl]
+        args += [counters.field("jobs_submitted_total", {"queue": queue})]
+        args += [events.encode({"status": job.status.value}), events.MAX_EVENTS]
+        args += [task.message, task.event_channel, task.event] if task else ["", "", ""]
+        for name, value in _record_fields(job, new.get("notify_url")).items():
+            args += [name, value]
+        return cls(job, script_keys, args, body_hash)
+
+    def outcome(self, answer: list[str]) -> JobRecord:
+        """The job the script stored, or IdempotentReplay / QuotaFull for its refusals."""
+        outcome, value = answer
+        if outcome == "replay":
+            previous_hash, _, job_id = value.partition(" ")
+            raise IdempotentReplay(job_id, previous_hash == self.body_hash)
+        if outcome == "full":
+            raise QuotaFull(int(value))
+        job = self.job
+        logs.event(
+            "job.submitted", job_id=job.id, owner=job.owner, queue=job.queue, runs=job.runs_total
+        )
+        return job
+
+
 class JobStore:
     """`export_to_mlflow`: a job that succeeds is queued for its MLflow export (the processes
     that end jobs get it from their settings; see `events.job_ended`)."""
@@ -296,7 +384,7 @@ class JobStore:
         self.redis = client
         self.export_to_mlflow = export_to_mlflow
         self._transition = client.register_script(_TRANSITION)
-        self._create = client.register_script(_CREATE)
+        self._create = client.register_script(Creation.SCRIPT)
         self._delete = client.register_script(_DELETE)
         self._annotate = client.register_script(events.SET_IF_EXISTS)
         self._store_round = client.register_script(_STORE_ROUND)
@@ -304,16 +392,12 @@ class JobStore:
 
     @classmethod
     def from_url(cls, url: str, *, export_to_mlflow: bool = False) -> JobStore:
-        # Retries with backoff (about 2.5 s in all) ride out a Redis restart: the first call
-        # after it meets a dead pooled connection and must reconnect, not fail.
-        retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), 6)
         return cls(
             redis.Redis.from_url(
                 url,
                 decode_responses=True,
-                health_check_interval=30,
-                retry=retry,
-                retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+                retry=Retry(restart_backoff(), RESTART_RETRIES),
+                **RESTART_OPTIONS,
             ),
             export_to_mlflow=export_to_mlflow,
         )
@@ -323,20 +407,7 @@ class JobStore:
 
     # --- records -------------------------------------------------------------------------
 
-    def create(
-        self,
-        spec: dict[str, Any],
-        *,
-        runs_total: int,
-        cells_total: int,
-        queue: str,
-        owner: str = "",
-        max_active: int = 0,
-        idempotency: tuple[str, str, int] | None = None,
-        notify_url: str | None = None,
-        job_queue: JobQueue | None = None,
-        adaptive: bool = False,
-    ) -> JobRecord:
+    def create(self, spec: dict[str, Any], **new: Unpack[NewJob]) -> JobRecord:
         """Store a new queued job. `max_active` > 0 caps the owner's queued+running jobs
         (QuotaFull); `idempotency` = (sha256 of the key, body hash, TTL s) replays an earlier
         submission (IdempotentReplay); `notify_url` is where its webhook goes when it ends;
@@ -344,36 +415,8 @@ class JobStore:
         nothing runs it). `adaptive`: its cells are planned round by round (`runs_total` is
         then its budget). Check and writes are one Lua call: concurrent submits cannot race,
         and a job is never stored without its task, nor its task queued without the job."""
-        job = JobRecord(
-            id=new_job_id(),
-            status=JobStatus.queued,
-            spec=spec,
-            queue=queue,
-            runs_total=runs_total,
-            cells_total=cells_total,
-            created_at=time.time(),
-            owner=owner,
-            adaptive=adaptive,
-        )
-        key_hash, body_hash, ttl = idempotency or ("", "", 0)
-        idem_key = keys.idempotency(owner, key_hash) if idempotency else ""
-        task = job_queue.plan_job(job.id, queue) if job_queue else None
-        script_keys = [keys.job(job.id), keys.JOBS, idem_key, keys.METRIC_COUNTERS]
-        script_keys += [keys.events(job.id), task.queue if task else ""]
-        args: list[Any] = [job.id, owner, max_active, body_hash, ttl]
-        args += [counters.field("jobs_submitted_total", {"queue": queue})]
-        args += [events.encode({"status": job.status.value}), events.MAX_EVENTS]
-        args += [task.message, task.event_channel, task.event] if task else ["", "", ""]
-        for name, value in _record_fields(job, notify_url).items():
-            args += [name, value]
-        outcome, value = self._create(keys=script_keys, args=args)
-        if outcome == "replay":
-            previous_hash, _, job_id = value.partition(" ")
-            raise IdempotentReplay(job_id, previous_hash == body_hash)
-        if outcome == "full":
-            raise QuotaFull(int(value))
-        logs.event("job.submitted", job_id=job.id, owner=owner, queue=queue, runs=runs_total)
-        return job
+        creation = Creation.prepare(spec, **new)
+        return creation.outcome(self._create(keys=creation.keys, args=creation.args))
 
     def get(self, job_id: str) -> JobRecord | None:
         raw = self.redis.hgetall(keys.job(job_id))

@@ -5,8 +5,9 @@ This process validates, stores and queues; it never runs torch (the engine runs 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import gc
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 from fastapi import FastAPI
 
@@ -18,6 +19,7 @@ from jobmodel.store import JobStore
 from service import errors, live, prometheus
 from service.auth import AUTH_RESPONSES
 from service.browser import LoopbackHostOnly, SecurityHeaders
+from service.deps import Parts
 from service.estimates import Estimator
 from service.limits import BodyLimit
 from service.routes import docs, events, health, jobs, ui
@@ -35,6 +37,19 @@ TAGS = [
 ]
 
 
+@contextmanager
+def frozen_heap() -> Iterator[None]:
+    """What imports and start-up made (some 140 000 objects) lives as long as the app: frozen,
+    the garbage collector's full passes skip it. Else each pass scans it all, a stall of about
+    80 ms for every request in flight (a submit's p99, under load)."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The app, configured by `settings` alone: routes and middleware take them from here."""
     logs.configure(settings.log_level)
@@ -46,7 +61,9 @@ def create_app(settings: Settings) -> FastAPI:
         )
         app.state.queue = JobQueue.from_settings(settings)
         async with live.running(app, settings):  # event streams, /metrics, webhooks
-            yield
+            app.state.parts = Parts.of(app.state)
+            with frozen_heap():
+                yield
         app.state.store.close()
 
     app = FastAPI(

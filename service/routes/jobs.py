@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from bo_engine.plan import assemble_result
 from bo_engine.results import cells_to_csv
@@ -17,6 +18,7 @@ from bo_engine.spec import JobSpec
 from jobmodel.queue import queue_for
 from jobmodel.settings import Settings
 from jobmodel.store import (
+    Creation,
     Deletion,
     IdempotentReplay,
     JobRecord,
@@ -27,7 +29,7 @@ from jobmodel.store import (
 from service import figures, parquet, webhook_targets
 from service.auth import AUTH_RESPONSES, Caller, CallerDep
 from service.capacity import RendersDep, render
-from service.deps import EstimatorDep, QueueDep, SettingsDep, StoreDep
+from service.deps import Parts, PartsDep, StoreDep
 from service.errors import (
     Conflict,
     JobNotFound,
@@ -168,7 +170,9 @@ def submit_router(settings: Settings) -> APIRouter:
     return submit
 
 
-def _with_body_type(route: Callable[..., Any], body: Any) -> Callable[..., Any]:
+def _with_body_type(
+    route: Callable[..., Awaitable[Any]], body: Any
+) -> Callable[..., Awaitable[Any]]:
     """`route` with its `spec` parameter declared as `body` (FastAPI reads the signature)."""
     signature = inspect.signature(route)
     params = [
@@ -176,8 +180,8 @@ def _with_body_type(route: Callable[..., Any], body: Any) -> Callable[..., Any]:
         for p in signature.parameters.values()
     ]
 
-    def bound(**kwargs: Any) -> Any:
-        return route(**kwargs)
+    async def bound(**kwargs: Any) -> Any:
+        return await route(**kwargs)
 
     bound.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
     bound.__name__ = bound.__qualname__ = route.__name__
@@ -185,14 +189,11 @@ def _with_body_type(route: Callable[..., Any], body: Any) -> Callable[..., Any]:
     return bound
 
 
-def submit_job(
+async def submit_job(
     spec: JobSpec,
     response: Response,
-    store: StoreDep,
-    job_queue: QueueDep,
+    parts: PartsDep,
     caller: CallerDep,
-    settings: SettingsDep,
-    estimator: EstimatorDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -216,18 +217,16 @@ def submit_job(
         Query(description="true: validate and estimate only, store and queue nothing (200)"),
     ] = False,
 ) -> JobAccepted | JSONResponse:
+    # A coroutine: a submit that is in bounds never leaves the event loop (its one Redis call
+    # is async); the rarer paths that read the sync store take the thread pool.
+    settings = parts.settings
     problems = violations(spec, settings)
-    cached: dict[int, int] = {}
-    if not spec.is_adaptive and (dry_run or (problems and over_max_cost(spec, settings))):
-        # Admission charges only the runs to train: the cache is read when that can matter.
-        # (An adaptive job is charged its whole budget: its cells are not known yet.)
-        cached = store.cached_per_cell(spec, caller.owner, settings)
-        problems = violations(spec, settings, cached) if cached else problems
-    if dry_run:
-        found = estimate_view(estimator.estimate(priced(spec), store, cached), problems)
-        return JSONResponse(found.model_dump(mode="json"))
-    if problems:
-        raise over_bounds_error(problems, spec.model_dump(mode="json", exclude_unset=True))
+    if dry_run or problems:
+        estimate = await run_in_threadpool(
+            _estimated_or_refused, spec, problems, parts, caller, dry_run
+        )
+        if estimate is not None:
+            return estimate
     if notify_url is not None:
         webhook_targets.check_url(notify_url, settings)
     # Only the fields the user set: re-validating the stored spec gives the same cells.
@@ -237,25 +236,27 @@ def submit_job(
         key_hash = hashlib.sha256(idempotency_key.encode()).hexdigest()
         body_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         idem = (key_hash, body_hash, settings.idempotency_ttl_s)
+    creation = Creation.prepare(
+        body,
+        runs_total=priced(spec).runs_total,
+        cells_total=len(priced(spec).cells),
+        queue=queue_for(spec.device),
+        owner=caller.owner,
+        max_active=settings.max_active_jobs,
+        idempotency=idem,
+        notify_url=notify_url,
+        job_queue=parts.queue,
+        adaptive=spec.is_adaptive,
+    )
     try:
-        job = store.create(
-            body,
-            runs_total=priced(spec).runs_total,
-            cells_total=len(priced(spec).cells),
-            queue=queue_for(spec.device),
-            owner=caller.owner,
-            max_active=settings.max_active_jobs,
-            idempotency=idem,
-            notify_url=notify_url,
-            job_queue=job_queue,
-            adaptive=spec.is_adaptive,
-        )
+        job = await parts.live.create(creation)
     except IdempotentReplay as replay:
         if not replay.same_body:
             raise Conflict(
                 f"Idempotency-Key already used for job {replay.job_id} with a different body"
             ) from None
-        return _accepted(store.get(replay.job_id), replay.job_id, response)
+        earlier = await run_in_threadpool(parts.store.get, replay.job_id)
+        return _accepted(earlier, replay.job_id, response)
     except QuotaFull as full:
         raise TooManyJobs(
             f"{full.active} jobs of {caller.owner!r} are queued or running, the most allowed "
@@ -263,6 +264,30 @@ def submit_job(
             {"Retry-After": str(RETRY_AFTER_S)},
         ) from None
     return _accepted(job, job.id, response)
+
+
+def _estimated_or_refused(
+    spec: JobSpec,
+    problems: list[str],
+    parts: Parts,
+    caller: Caller,
+    dry_run: bool,
+) -> JSONResponse | None:
+    """A dry run's estimate; else the 422 of a spec over bounds, or None when the runs the
+    cache holds bring it within them."""
+    store, settings = parts.store, parts.settings
+    cached: dict[int, int] = {}
+    if not spec.is_adaptive and (dry_run or over_max_cost(spec, settings)):
+        # Admission charges only the runs to train: the cache is read when that can matter.
+        # (An adaptive job is charged its whole budget: its cells are not known yet.)
+        cached = store.cached_per_cell(spec, caller.owner, settings)
+        problems = violations(spec, settings, cached) if cached else problems
+    if dry_run:
+        found = estimate_view(parts.estimator.estimate(priced(spec), store, cached), problems)
+        return JSONResponse(found.model_dump(mode="json"))
+    if problems:
+        raise over_bounds_error(problems, spec.model_dump(mode="json", exclude_unset=True))
+    return None
 
 
 def _accepted(job: JobRecord | None, job_id: str, response: Response) -> JobAccepted:
