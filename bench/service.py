@@ -4,7 +4,9 @@ by side with a bare FastAPI + pydantic POST app (`bench/bare_app.py`) under the 
     .venv/bin/python bench/service.py [--jobs 20] [--posts 1000] [--clients 16] [--rounds 3]
 
 Starts its own stack (Redis on a free port in a temp dir, the API, one worker) on loopback,
-and the bare app in one uvicorn process of its own; prints the figures, and stops everything.
+and the bare apps (a plain-function endpoint, which FastAPI runs in its thread pool, and a
+coroutine endpoint, as the lab's submit route is) each in one uvicorn process of its own;
+prints the figures, and stops everything.
 The accept rates use `bench/load.py`'s load driver (a thread per client, each with its own
 connection); that benchmark also waits for every job of a bigger load to finish. The two apps
 take turns, `--rounds` loads each, and each shows its best round: on a shared machine the
@@ -80,10 +82,10 @@ def measure(server: Server, posts: int, clients: int) -> Measured:
 
 
 @contextmanager
-def bare_app() -> Iterator[Server]:
-    """The bare app in one uvicorn process on loopback."""
+def bare_app(name: str) -> Iterator[Server]:
+    """The bare app `bare_app:<name>` in one uvicorn process on loopback."""
     port = free_port()
-    argv = [sys.executable, "-m", "uvicorn", "bare_app:app", "--app-dir", str(HERE),
+    argv = [sys.executable, "-m", "uvicorn", f"bare_app:{name}", "--app-dir", str(HERE),
             "--port", str(port), "--log-level", "warning"]  # fmt: skip
     process = subprocess.Popen(argv)
     url = f"http://127.0.0.1:{port}"
@@ -100,18 +102,15 @@ def bare_app() -> Iterator[Server]:
         process.wait(10)
 
 
-def rounds(
-    bare: Server, api: Server, posts: int, clients: int, n: int
-) -> tuple[Measured, Measured]:
-    """The best of `n` loads on each app, the two taking turns (after a warm-up each)."""
-    runs: list[list[Measured]] = [[], []]
-    for server in (bare, api):
+def rounds(servers: list[Server], posts: int, clients: int, n: int) -> list[Measured]:
+    """The best of `n` loads on each app, the apps taking turns (after a warm-up each)."""
+    runs: list[list[Measured]] = [[] for _ in servers]
+    for server in servers:
         submit_load(server.url, clients * 4, clients, TINY)
     for _ in range(n):
-        for server, done in zip((bare, api), runs, strict=True):
+        for server, done in zip(servers, runs, strict=True):
             done.append(measure(server, posts, clients))
-    best = attrgetter("load.rate")
-    return max(runs[0], key=best), max(runs[1], key=best)
+    return [max(done, key=attrgetter("load.rate")) for done in runs]
 
 
 def _rate(name: str, run: Measured) -> str:
@@ -140,8 +139,9 @@ def main() -> None:
         lab.worker.stop()
         assert lab.api.proc is not None
         api = Server(lab.api.url, lab.api.proc.pid)
-        with bare_app() as bare_server:
-            bare, load = rounds(bare_server, api, args.posts, args.clients, args.rounds)
+        with bare_app("app") as bare_server, bare_app("async_app") as bare_async_server:
+            servers = [bare_server, bare_async_server, api]
+            bare, bare_async, load = rounds(servers, args.posts, args.clients, args.rounds)
     print(f"tiny job {TINY}")
     ms = sorted(s * 1e3 for s in seconds)
     print(
@@ -155,12 +155,14 @@ def main() -> None:
     )
     print(f"{'':<18} {'POSTs/s':>8} {'p50 ms':>9} {'p99 ms':>9} {'CPU ms/POST':>12}")
     print(_rate("bare FastAPI", bare))
+    print(_rate("bare FastAPI async", bare_async))
     print(_rate("POST /v1/jobs", load))
-    print(
-        f"submit / bare: rate {load.load.rate / bare.load.rate:.2f}, "
-        f"p99 {load.load.percentile(0.99) / bare.load.percentile(0.99):.2f}, "
-        f"CPU per POST {load.cpu_ms / bare.cpu_ms:.2f}"
-    )
+    for name, yardstick in (("bare", bare), ("bare async", bare_async)):
+        print(
+            f"submit / {name}: rate {load.load.rate / yardstick.load.rate:.2f}, "
+            f"p99 {load.load.percentile(0.99) / yardstick.load.percentile(0.99):.2f}, "
+            f"CPU per POST {load.cpu_ms / yardstick.cpu_ms:.2f}"
+        )
 
 
 if __name__ == "__main__":
