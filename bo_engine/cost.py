@@ -13,7 +13,11 @@ run slower per operation carry a weight, measured on the project's CPU (`bench/c
                 outputs is a random draw (then mixed): DATA_UNITS each
     products    G = X X^T (n^2 d), Z0 = W0 X^T (width n d) and W0 W0^T (width^2 d)
     training    max_steps x one step: f = a^T sigma(Z) (width n) + the update; the compiled loop
-                sums u (n |A|) and, per row, the smaller side of its active set (width n |A|/2);
+                sums u (n |A|) and, per row, the smaller side of its active set (width n |A|/2:
+                what the direct step does; from `bo_engine.loop.INCREMENTAL_MIN_N` points the
+                loop adjusts kept sums by the points that change instead, in practice tens of
+                rows of G a step, but a row rebuilt from scratch adds its exceptions in A, which
+                the |A|/2 of the count bounds only when under half of A disagrees with the row);
                 the batched program does a dense width n^2 (Gram) or 2 width n d (plain) update
                 plus a fixed dispatch cost per step
     recording   every `record_every` steps a trajectory point: ||W|| from C G (width n^2) and
