@@ -15,9 +15,10 @@ run slower per operation carry a weight, measured on the project's CPU (`bench/c
     training    max_steps x one step: f = a^T sigma(Z) (width n) + the update; the compiled loop
                 sums u (n |A|) and, per row, the smaller side of its active set (width n |A|/2:
                 what the direct step does; from `bo_engine.loop.INCREMENTAL_MIN_N` points the
-                loop adjusts kept sums by the points that change instead, in practice tens of
-                rows of G a step, but a row rebuilt from scratch adds its exceptions in A, which
-                the |A|/2 of the count bounds only when under half of A disagrees with the row);
+                loop adjusts kept sums by the points that change instead, in practice 50-150
+                rows of G a step at n = 1600, but a row rebuilt from scratch adds its
+                exceptions in A, which the |A|/2 of the count bounds only when under half of A
+                disagrees with the row);
                 the batched program does a dense width n^2 (Gram) or 2 width n d (plain) update
                 plus a fixed dispatch cost per step
     recording   every `record_every` steps a trajectory point: ||W|| from C G (width n^2) and
