@@ -14,18 +14,18 @@ matrix G = X X^T), is the Gram form of the module docstring of `bo_engine.train`
     dZ_j  = a_j sum_{i in A} sigma'(z_ji) g_i
           = a_j (alpha u + (1 - alpha) s_j)        u = sum_{i in A} g_i, s_j = sum_{i in P_j} g_i
 
-with P_j = {i in A : z_ji > 0}. With a small step size A changes in a few points from one step
-to the next, mostly points at the hinge that leave and re-enter it, and P_j within A hardly
-changes, so the sums are kept from step to step and adjusted by the rows g_i of the points that
-change. A point at the hinge is one the network fits: z_ji > 0 exactly on the rows j whose a_j
-has the sign of y_i (bench/loop_against.py's n = 800 run: no exception among the points that
-toggle, mid-run). So s_j is kept as u_{a_j}, the sum over the points of A of label sign(a_j),
-plus e_j, the sum over row j's exceptions (+g_i where z_ji > 0 > a_j y_i, -g_i where
-z_ji <= 0 < a_j y_i): a point that enters or leaves A adds one row of G to u_+ or u_-, and one
-to each e_j it is an exception of, instead of one to each of the half of the s_j it is in.
-A step costs O(width n) plus n per change. The sums are rebuilt exactly (from empty sets) at
-every resync of Z, so their rounding cannot drift. The same iterates as the tensor step, up to
-rounding.
+with P_j = {i in A : z_ji > 0}. With a small step size A changes in a few points from one step to
+the next, mostly points at the hinge that leave and re-enter it, and P_j within A hardly changes,
+so the sums are kept from step to step and adjusted by the rows g_i of the points that change. A
+point at the hinge is one the network fits: z_ji > 0 exactly on the rows j whose a_j has the sign
+of y_i, save a few (bench/churn.py at n = 1600: 30-65 points enter or leave A a step, in about
+half of the P_j each, with 4-91 exceptions among them in all). So s_j is kept as u_{a_j}, the sum
+over the points of A of label sign(a_j), plus e_j, the sum over row j's exceptions (+g_i where
+z_ji > 0 > a_j y_i, -g_i where z_ji <= 0 < a_j y_i): a point that enters or leaves A adds one row
+of G to u_+ or u_-, and one to each e_j it is an exception of, instead of one to each of the half
+of the s_j it is in. A step costs O(width n) plus n per change. The sums are rebuilt exactly
+(from empty sets) at every resync of Z, so their rounding cannot drift. The same iterates as the
+tensor step, up to rounding.
 """
 
 from __future__ import annotations
@@ -60,8 +60,9 @@ from bo_engine.report import Reporter
 RESYNC_EVERY = 1000
 # Runs of at least this many points keep their sums from step to step (`gd_steps`); smaller ones
 # re-sum the smaller side of each row's active set every step (`gd_steps_direct`), which does
-# less bookkeeping: at n = 200 the kept sums take 1.5x as long, from n = 300 on they are faster
-# (1.5x at 300, 2x at 600; d = 2n, gamma = 5/n, two seeds, float32, one thread).
+# less bookkeeping: at n = 200 the kept sums take 1-1.5x as long, from n = 300 on they are faster
+# (bench/loop_paths.py, d = 2n, gamma = 5/n, two seeds, float32: 1.4x at 300, 1.7x at 400, 2.1x
+# at 600).
 INCREMENTAL_MIN_N = 300
 # The loop returns to Python about this often (seconds), to notice a stop: the steps of each call
 # are paced from the time the last call took (`next_budget`), whatever a step costs.
