@@ -22,6 +22,7 @@ from typing import Any
 
 import redis
 
+from bo_engine.rounds import RoundPlan, SpecView, round_spec
 from bo_engine.runcache import RunRef, predicted_device, run_refs
 from bo_engine.spec import JobSpec
 from jobmodel import keys
@@ -164,15 +165,30 @@ class RunCache:
         return {r.slot for r, t in zip(refs, targets, strict=True) if t and alive[t]}
 
 
-def forget_job(client: redis.Redis, job_id: str, spec: dict[str, Any], owner: str) -> None:
+def forget_job(
+    client: redis.Redis,
+    job_id: str,
+    spec: dict[str, Any],
+    owner: str,
+    rounds: Iterable[dict[str, Any]] = (),
+) -> None:
     """Drop the pointers to the runs of a deleted job, in both scopes it may have filled and
-    for both kinds of device it may have trained on (else they would wait for a lookup)."""
+    for both kinds of device it may have trained on (else they would wait for a lookup): the
+    runs of its spec's cells and, for an adaptive job, those of every stored round plan."""
     try:
         parsed = JobSpec.model_validate(spec)
     except ValueError:  # a spec this version no longer reads: its keys cannot be rebuilt
         return
-    everything = range(len(parsed.cells))
-    run_keys = {r.key for device in ("cpu", "cuda") for r in run_refs(parsed, everything, device)}
+    views: list[tuple[JobSpec | SpecView, Iterable[int]]] = [(parsed, range(len(parsed.cells)))]
+    for plan in rounds:
+        requests = RoundPlan.from_json(plan).requests
+        views.append((round_spec(parsed, requests), [r.index for r in requests]))
+    run_keys = {
+        ref.key
+        for view, indices in views
+        for device in ("cpu", "cuda")
+        for ref in run_refs(view, indices, device)
+    }
     script = client.register_script(_FORGET_JOB)
     for scope in ("lab", f"owner:{owner}"):
         script(keys=[keys.run_cache(scope)], args=[job_id, *sorted(run_keys)])

@@ -508,7 +508,9 @@ class JobStore:
             keys.rounds(job_id),
         ]
         args = [job_id, keys.lease(job_id, ""), len(ACTIVE), *ACTIVE, *TERMINAL]
-        spec, owner = self.redis.hmget(keys.job(job_id), "spec", "owner")
+        spec, owner, adaptive = self.redis.hmget(keys.job(job_id), "spec", "owner", "adaptive")
+        # An adaptive job's cells beyond its spec's are in its round plans, deleted with it.
+        rounds = self.rounds(job_id) if adaptive == "1" else []
         outcome = Deletion(
             self._delete(
                 keys=[keys.job(job_id), keys.JOBS, *itertools.chain(*keys.OUTBOXES), *per_job],
@@ -518,7 +520,7 @@ class JobStore:
         if outcome == Deletion.deleted:
             logs.event("job.deleted", job_id=job_id)
             if spec:  # the run cache no longer points at its runs
-                runcache.forget_job(self.redis, job_id, json.loads(spec), owner or "")
+                runcache.forget_job(self.redis, job_id, json.loads(spec), owner or "", rounds)
         return outcome
 
     def finished_before(self, cutoff: float, limit: int = 100) -> list[str]:

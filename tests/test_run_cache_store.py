@@ -9,6 +9,9 @@ import pytest
 import redis
 
 import bo_engine
+from bo_engine.adaptive import runs_bound
+from bo_engine.plan import Batch
+from bo_engine.rounds import RoundPlan, RoundRequest, round_spec
 from bo_engine.runcache import run_refs, served, stored
 from bo_engine.spec import JobSpec
 from jobmodel.runcache import RunCache, cached_per_cell, count_cached
@@ -16,6 +19,7 @@ from jobmodel.settings import Settings
 from jobmodel.store import JobStore
 from tests.helpers import TINY
 from tests.inprocess import AppClient, app_client
+from tests.test_adaptive import ADAPTIVE
 
 pytestmark = pytest.mark.fast
 SPEC = {**TINY, "device": "cpu", "grid": {"n": [20, 24]}}
@@ -100,6 +104,26 @@ def test_a_deleted_jobs_runs_miss_and_their_pointers_go(fresh: JobStore, trained
     assert fresh.redis.hkeys("bolab:runs:lab") == ["f" * 64]  # its pointers went with it
     cache = RunCache(fresh.redis, "lab")
     assert cache.lookup(refs_for(SPEC)) == {}
+
+
+def test_deleting_an_adaptive_job_drops_the_pointers_of_its_rounds_cells(fresh: JobStore) -> None:
+    """A cell an adaptive job planned in a round is not among its spec's cells: its runs'
+    pointers go with the job all the same, for both scopes and device kinds."""
+    spec = JobSpec.model_validate(ADAPTIVE)
+    job = fresh.create(
+        ADAPTIVE, runs_total=runs_bound(spec), cells_total=0, queue="cpu", adaptive=True
+    )
+    request = RoundRequest(index=5, point={"n": 20, "d_over_n": 2, "gamma": 0.05}, seed=0, seeds=3)
+    plan = RoundPlan(0, (request,), (Batch(0, (5,), 3),))
+    assert fresh.store_round(job.id, plan.to_json(), 0, {"round": 0})
+    view = round_spec(spec, plan.requests)
+    cache = RunCache(fresh.redis, "lab")
+    for device in ("cpu", "cuda"):
+        cache.remember(job.id, 5, [r.key for r in run_refs(view, [5], device)])
+    fresh.redis.hset("bolab:runs:lab", "f" * 64, "another 0")  # another job's run stays
+    fresh.mark_succeeded(job.id, {})
+    assert fresh.delete(job.id) == "deleted"
+    assert fresh.redis.hkeys("bolab:runs:lab") == ["f" * 64]
 
 
 def test_a_pointer_to_a_job_gone_otherwise_misses_and_is_dropped(
